@@ -17,8 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from lmcli.checkpoints import RunPaths, load_model
+from lmcli.config import DataConfig
 from lmcli.data.pipeline import start_id
 from lmcli.data.tokenizer import Tokenizer
+from lmcli.errors import RunDirError
 from lmcli.exporting import is_export_dir, read_meta
 from lmcli.graph import InferenceGraph
 
@@ -29,9 +31,8 @@ class ModelInfo:
     kind: str  # run | export
     checkpoint_step: int
     loss_trained: str
-    padding: str
+    data: DataConfig  # the run's saved data layout: eval scores a split exactly as training's validation did
     data_dir: str
-    batch_size: int
     start_id: int
 
 
@@ -100,6 +101,13 @@ class ExportBackend:
         return out["log_probs"], self._pairs(out)
 
 
+def _data_config(path: Path, values: dict) -> DataConfig:
+    try:
+        return DataConfig(**values)
+    except TypeError as e:
+        raise RunDirError(f"{path}: the export's data settings cannot be read ({e})") from None
+
+
 def open_model(path: Path, checkpoint: str = "best") -> tuple[Any, Tokenizer, ModelInfo]:
     """(backend, tokenizer, info) for a run dir or an export dir."""
     path = Path(path)
@@ -107,14 +115,12 @@ def open_model(path: Path, checkpoint: str = "best") -> tuple[Any, Tokenizer, Mo
         meta = read_meta(path)
         tokenizer = Tokenizer.load(path / meta["tokenizer"])
         info = ModelInfo(str(path), "export", int(meta["checkpoint_step"]), meta["loss_trained"],
-                         meta["data"]["padding"], meta.get("data_dir", ""), int(meta["data"]["batch_size"]),
-                         int(meta["start_id"]))
+                         _data_config(path, meta["data"]), meta.get("data_dir", ""), int(meta["start_id"]))
         return ExportBackend(path, meta), tokenizer, info
     model, cfg, step = load_model(path, checkpoint)
     tokenizer = Tokenizer.load(RunPaths(path).tokenizer)
     start = start_id(cfg.data.padding, tokenizer)
-    info = ModelInfo(str(path), "run", step, cfg.loss.name, cfg.data.padding, cfg.data_dir, cfg.data.batch_size,
-                     start)
+    info = ModelInfo(str(path), "run", step, cfg.loss.name, cfg.data, cfg.data_dir, start)
     return KerasBackend(model), tokenizer, info
 
 

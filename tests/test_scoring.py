@@ -98,3 +98,35 @@ def test_token_logprobs_needs_per_line(tiny_run, text_file):
     r = CliRunner().invoke(app, ["eval", str(tiny_run("pack")), "--text", str(text_file), "--token-logprobs"])
     assert r.exit_code == 4, r.output
     assert r.stderr.strip() == "lmcli: error: --token-logprobs needs --per-line FILE"
+
+
+LAYOUTS = {  # non-default layouts: eval must rebuild them from the run's saved settings, not from defaults
+    "pack": {"padding": "pack", "batch_size": 3, "seq_len": 5},
+    "pad": {"padding": "pad", "batch_size": 3, "max_len": 4, "pad_side": "left", "bucket_by_length": True},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_eval_of_a_split_equals_the_validation_of_training(tiny_data_dir, tmp_path, layout):
+    """The validation perplexity that picks the best checkpoint is the one `lmcli eval` reports for it."""
+    from lmcli.exporting import export
+    from lmcli.progress import Progress
+    from lmcli.training import train
+
+    run = tmp_path / "run"
+    train(tiny_data_dir, run, {"model": {"embedding_dim": 8, "hidden": 16}, "data": LAYOUTS[layout],
+                               "train": {"lr": 0.02, "seed": 3, "max_steps": 15, "log_every": 5}}, progress=Progress())
+    records = [json.loads(line) for line in RunPaths(run).metrics.read_text().splitlines()]
+    validation = [r for r in records if r["event"] == "valid"][-1]
+    assert validation["step"] == 15
+    export(run, tmp_path / "export", checkpoint="latest", verify=False)
+    for model in (run, tmp_path / "export"):
+        got = json.loads(invoke("eval", model, "--split", "valid", "--checkpoint", "latest", "--json",
+                                "--quiet").stdout)
+        assert got["checkpoint_step"] == 15 and got["scoring"] == layout
+        assert got["perplexity"] == pytest.approx(validation["perplexity"], rel=1e-5), model
+    # Whole lines are a different number, offered only when asked for (pad: lines longer than max_len are not cut).
+    whole = json.loads(invoke("eval", run, "--split", "valid", "--checkpoint", "latest", "--whole-lines", "--json",
+                              "--quiet").stdout)
+    assert whole["scoring"] == "whole-lines" and whole["tokens"] == got["tokens"]
+    assert whole["perplexity"] != pytest.approx(validation["perplexity"], rel=1e-3)

@@ -29,8 +29,13 @@ def evaluate(
                                                      show_default=False)] = None,
     token_logprobs: Annotated[bool, typer.Option("--token-logprobs", help="With --per-line: add each "
                                                  "line's pieces and log-probs.")] = False,
+    whole_lines: Annotated[bool, typer.Option("--whole-lines", help="Score each line whole, alone, from a "
+                                              "fresh state (default: the run's own layout, as training's "
+                                              "validation scores it: pack windows, or pad pieces of at most "
+                                              "--max-len).")] = False,
     checkpoint: CheckpointOpt = "best",
-    batch_size: Annotated[Optional[int], typer.Option(help="Rows per batch [default: the run's].",
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per batch [default: the run's; in pack mode "
+                                                      "another value cuts the stream into other rows].",
                                                       show_default=False)] = None,
     encoding_errors: Annotated[str, typer.Option(help="--text: strict | replace.")] = "strict",
     config: ConfigOpt = None,
@@ -42,7 +47,7 @@ def evaluate(
 
     result = run_eval(model, split=split, text=text, checkpoint=checkpoint, batch_size=batch_size,
                       encoding_errors=encoding_errors, per_line=per_line, token_logprobs=token_logprobs,
-                      progress=progress_for(quiet))
+                      whole_lines=whole_lines, progress=progress_for(quiet))
     if json_out:
         emit_json(result)
     else:
