@@ -145,12 +145,29 @@ def test_tf1_errors(num_sampled, num_resampled, num_classes, strategy, message):
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-def test_default_sampler_is_learned_unigram_and_num_sampled_may_equal_num_classes(compiled):
-    def fn():  # unique sampling of all 7 classes, keep 2
-        return rank_sampled_softmax_loss(W7, B7, Y7, X7, 7, 2, 7, 1, None, 1.0, True, "mod")
+def test_default_sampler_is_learned_unigram_and_num_sampled_may_equal_num_classes(compiled, monkeypatch):
+    """sampled_values=None draws with TF's unique learned-unigram sampler, and the loss uses what it drew."""
+    calls, drawn = [], []
+    real = tf.random.learned_unigram_candidate_sampler
 
-    got = (tf.function(fn) if compiled else fn)().numpy()
-    assert got.shape == (3,) and np.all(np.isfinite(got)) and np.all(got >= 0)
+    def spy(**kwargs):
+        calls.append({k: v for k, v in kwargs.items() if k != "true_classes"})
+        values = real(**kwargs)
+        drawn.append(values)
+        return values
+
+    monkeypatch.setattr(tf.random, "learned_unigram_candidate_sampler", spy)
+
+    def fn():  # unique sampling of all 7 classes, keep 2
+        loss = rank_sampled_softmax_loss(W7, B7, Y7, X7, 7, 2, 7, 1, None, 1.0, True, "mod")
+        again = rank_sampled_softmax_loss(W7, B7, Y7, X7, 7, 2, 7, 1, drawn[-1], 1.0, True, "mod")
+        return loss, again, drawn[-1][0]
+
+    loss, again, sampled = (tf.function(fn) if compiled else fn)()
+    assert calls[0] == {"num_true": 1, "num_sampled": 7, "unique": True, "range_max": 7}
+    assert sorted(sampled.numpy().tolist()) == list(range(7))  # every class, once
+    np.testing.assert_allclose(loss.numpy(), again.numpy(), rtol=1e-6)  # the loss is over what the spy drew
+    assert loss.shape == (3,) and np.all(np.isfinite(loss.numpy())) and np.all(loss.numpy() >= 0)
 
 
 def test_masked_rows_neither_vote_nor_cost():

@@ -78,7 +78,10 @@ def test_each_strategy_lowers_full_softmax_validation_perplexity(data_dir, tmp_p
     records = [json.loads(line) for line in RunPaths(tmp_path / "r").metrics.read_text().splitlines()]
     valid = [r["perplexity"] for r in records if r["event"] == "valid"]
     before = evaluate_untrained(data_dir, tmp_path / "r0", loss)
-    assert valid[-1] < 0.7 * before, (loss, before, valid)
+    # An untrained model is near uniform (16 classes); the grammar's own perplexity is about 2, which full,
+    # sampled and TAPAS all approach within two epochs (2.0, 2.3, 2.5). This is a smoke check: that each
+    # strategy's maths reaches training is checked exactly in test_wiring.py.
+    assert before > 14 and valid[-1] < 0.2 * before, (loss, before, valid)
 
 
 def evaluate_untrained(data_dir, run, loss):
