@@ -73,10 +73,12 @@ class TrainingState:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.batch = tf.Variable(0, dtype=tf.int64, trainable=False)  # next batch inside the epoch
         self.best = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)  # best valid ppl
+        self.lr_decays = tf.Variable(0, dtype=tf.int64, trainable=False)  # plateau: epoch ends without progress
         layers = model.num_layers if carry_shape else 0
         self.carry = [tf.Variable(tf.zeros(carry_shape), trainable=False) for _ in range(2 * layers)]
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
                                               epoch=self.epoch, batch=self.batch, best=self.best,
+                                              lr_decays=self.lr_decays,
                                               carry=self.carry, sampler=list(sampler_state or []))
 
     def set_carry(self, state) -> None:

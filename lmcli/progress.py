@@ -94,7 +94,10 @@ class RichTask(Task):
         self.id = owner.bar.add_task(description, total=total, completed=completed, info="")
 
     def update(self, advance: float = 1, **fields: Any) -> None:
-        self.owner.bar.update(self.id, advance=advance, info=_fmt(fields) if fields else None)
+        if fields:
+            self.owner.bar.update(self.id, advance=advance, info=_fmt(fields))
+        else:
+            self.owner.bar.update(self.id, advance=advance)
 
     def close(self) -> None:
         self.owner.bar.stop_task(self.id)

@@ -7,34 +7,34 @@ carried LSTM state, and checkpoints every `checkpoint_every` steps as well as at
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from lmcli import __version__, losses
+from lmcli import __version__
 from lmcli.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
 from lmcli.config import RunConfig
 from lmcli.data.pipeline import make_batches
 from lmcli.data.shards import DataDir, open_data_dir
 from lmcli.errors import ConfigError, InputError, Interrupted, NumericalError, OutputError, RunDirError
 from lmcli.evaluation import score_split
-from lmcli.fileio import atomic_write_text, describe_os_error
+from lmcli.fileio import describe_os_error
 from lmcli.inference import KerasBackend
-from lmcli.losses.samplers import make_sampler
 from lmcli.model import build_model
+from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
 from lmcli.runlock import RunLock
+from lmcli.runlog import MetricsLog, Pending, Window
+from lmcli.schedules import learning_rate, plateau_decays
 from lmcli.signals import StopRequests
 
-FROZEN_SECTIONS = ("model", "data", "loss")  # what a resumed run may not change
+FROZEN_SECTIONS = ("model", "data", "loss", "terms")  # what a resumed run may not change
 
 
 def resolve_config(data: DataDir, paths: RunPaths, overrides: dict[str, dict[str, Any]],
@@ -60,74 +60,36 @@ def resolve_config(data: DataDir, paths: RunPaths, overrides: dict[str, dict[str
     return cfg
 
 
-class MetricsLog:
-    """metrics.jsonl plus TensorBoard scalars. On resume, records after the restored step are dropped."""
-
-    def __init__(self, paths: RunPaths, resume_step: int) -> None:
-        self.path = paths.metrics
-        if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
-        self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
-
-    def write(self, record: dict) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            raise OutputError(describe_os_error(f"cannot write {self.path}", e)) from None
-        with self.writer.as_default(step=record["step"]):
-            for k, v in record.items():
-                if k not in ("step", "epoch", "event") and isinstance(v, (int, float)):
-                    tf.summary.scalar(f"{record['event']}/{k}", v)
-        self.writer.flush()
-
-
-@dataclass
-class Window:
-    """Running sums since the last metrics record."""
-
-    loss: float = 0.0
-    tokens: float = 0.0
-    t: float = field(default_factory=time.monotonic)
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.loss / max(self.tokens, 1.0), 50.0))
-
-    @property
-    def rate(self) -> float:
-        return self.tokens / max(time.monotonic() - self.t, 1e-9)
-
-
 class Trainer:
-    """The loop over (epoch, batch) with checkpoints, validation, metrics, signals and the NaN guard."""
+    """The loop over (epoch, batch) with checkpoints, validation, metrics, the LR schedule, signals and the NaN
+    guard. `run` walks the epochs, `_epoch` the batches of one, `_step` runs one step."""
+
+    REFRESH = 20  # steps between device reads when no log point or checkpoint comes sooner
 
     def __init__(self, cfg: RunConfig, data: DataDir, paths: RunPaths, progress: Progress) -> None:
         self.cfg, self.data, self.paths, self.progress = cfg, data, paths, progress
         self.specials = {"bos_id": data.bos_id, "eos_id": data.eos_id, "pad_id": data.pad_id}
         self.train_split = data.split("train")
         self.valid_split = data.split("valid") if data.has_split("valid") else None
-        per_epoch = len(make_batches(self.train_split, cfg.data, self.specials, cfg.train.seed, 0))
-        if per_epoch == 0:
+        layout = make_batches(self.train_split, cfg.data, self.specials, cfg.train.seed, 0)
+        self.per_epoch, self.carries_state = len(layout), layout.carries_state
+        if self.per_epoch == 0:
             raise InputError(f"{data.path}: the train split has no tokens")
-        total = cfg.train.epochs * per_epoch
+        total = cfg.train.epochs * self.per_epoch
         self.total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
         keras.utils.set_random_seed(cfg.train.seed)
         self.model = build_model(cfg.model)
-        optimizer = make_optimizer(cfg.train)
-        optimizer.build(self.model.trainable_variables)
-        sampler = (make_sampler(cfg.loss, cfg.model.vocab_size, data.unigram_counts, cfg.train.seed)
-                   if cfg.loss.name != "full" else None)
-        self.model.compile(optimizer, losses.bind(cfg.loss, cfg.train.seed, self.total, sampler),
-                           cfg.train.clip_norm, cfg.train.seed)
-        self.pack = cfg.data.padding == "pack"
-        self.state = TrainingState(self.model, optimizer,
-                                   (cfg.data.batch_size, cfg.model.hidden) if self.pack else None,
-                                   sampler.variables() if sampler else [])
+        self.optimizer = make_optimizer(cfg.train)
+        self.optimizer.build(self.model.trainable_variables)
+        objective = Objective.for_run(cfg, data.unigram_counts, self.model.extras_provided)
+        self.model.compile(self.optimizer, objective, cfg.train.clip_norm, cfg.train.seed, self.total,
+                           len(self.train_split.ids))
+        carry = (cfg.data.batch_size, cfg.model.hidden) if self.carries_state else None
+        self.state = TrainingState(self.model, self.optimizer, carry, objective.variables())
         self.latest, self.best = managers(self.state, paths, cfg.train.keep)
         self.train_fn = tf.function(self.model.train_step, reduce_retracing=True)
         self.scorer = KerasBackend(self.model)
+        self.additive = {"loss", "strategy_loss", "grad_norm", *cfg.term_names}
         self.step = 0
         self.last_saved = -1
 
@@ -153,81 +115,107 @@ class Trainer:
     def save(self, epoch: int, batch: int, carry) -> None:
         s = self.state
         s.step.assign(self.step), s.epoch.assign(epoch), s.batch.assign(batch)
-        if self.pack:
+        if self.carries_state:
             s.set_carry(carry)
         save_checkpoint(self.latest, self.step)
         self.last_saved = self.step
 
-    def validate(self, epoch: int) -> float | None:
+    def validate(self, epoch: int, epoch_end: bool) -> float | None:
+        """Full-softmax validation perplexity; updates the best checkpoint and, at an epoch end, the plateau
+        schedule's count of epochs without progress."""
         if self.valid_split is None:
             return None
         sums = score_split(self.scorer, self.valid_split, self.cfg.data, self.specials, self.progress, "valid")
         nll = sums["nll_sum"] / max(sums["tokens"], 1.0)
-        self.log.write({"event": "valid", "step": self.step, "epoch": epoch + 1, "perplexity": math.exp(nll),
-                        "nll": nll})
-        if math.exp(nll) < float(self.state.best.numpy()):
-            self.state.best.assign(math.exp(nll))
+        ppl, best = math.exp(nll), float(self.state.best.numpy())
+        self.log.write({"event": "valid", "step": self.step, "epoch": epoch + 1, "perplexity": ppl, "nll": nll})
+        if epoch_end:
+            self.state.lr_decays.assign(plateau_decays(int(self.state.lr_decays.numpy()), ppl, best))
+        if ppl < best:
+            self.state.best.assign(ppl)
             save_checkpoint(self.best, self.step)
-        return math.exp(nll)
+        return ppl
 
     def run(self, stops: StopRequests) -> dict:
-        cfg, t0 = self.cfg, time.monotonic()
-        start_step = self.step  # where restore() left it
+        cfg, t0, start_step = self.cfg, time.monotonic(), self.step
         epoch, first = int(self.state.epoch.numpy()), int(self.state.batch.numpy())
-        self.log = MetricsLog(self.paths, self.step)
+        self.log, self.window, self.pending = MetricsLog(self.paths, self.step), Window(), Pending()
+        self.tokens_run, self.train_ppl = 0.0, float("nan")
         if self.step:
             self.progress.log(f"resuming {self.paths.root} at step {self.step} (epoch {epoch + 1}, batch {first})")
-        window, tokens_run, valid_ppl, train_ppl = Window(), 0.0, None, float("nan")
-        limit = cfg.train.max_steps or float("inf")
+        valid_ppl, limit = None, cfg.train.max_steps or float("inf")
         while epoch < cfg.train.epochs and self.step < limit:
-            batches = make_batches(self.train_split, cfg.data, self.specials, cfg.train.seed, epoch)
-            zero = self.model.zero_state(cfg.data.batch_size) if self.pack else None
-            carry = self.state.get_carry() if (self.pack and first) else zero
-            k = first
-            with self.progress.task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches),
-                                    completed=first) as task:
-                while k < len(batches) and self.step < limit:
-                    feed = {**batches[k].as_dict(), "step": tf.constant(self.step, tf.int64)}
-                    if self.pack:
-                        feed["state"] = carry
-                    out = self.train_fn(feed)
-                    loss, tokens = float(out["loss"]), float(out["tokens"])
-                    if not math.isfinite(loss):
-                        kept = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved >= 0
-                                else "no checkpoint was written yet")
-                        raise NumericalError(f"the loss became {loss} at step {self.step + 1} (epoch {epoch + 1}); "
-                                             f"{kept}; try a lower --lr or a --clip-norm, then rerun to resume")
-                    self.step, k, carry = self.step + 1, k + 1, out.get("state")
-                    window.loss, window.tokens = window.loss + loss * tokens, window.tokens + tokens
-                    tokens_run += tokens
-                    train_ppl = window.perplexity
-                    task.update(1, step=self.step, loss=loss, ppl=train_ppl, tok_s=window.rate)
-                    if self.step % cfg.train.log_every == 0:
-                        self.log.write({"event": "train", "step": self.step, "epoch": epoch + 1,
-                                        "loss": window.loss / window.tokens, "perplexity": train_ppl,
-                                        "tokens_per_s": window.rate})
-                        window = Window()
-                    if (self.step % cfg.train.checkpoint_every == 0 or stops.requested
-                            or (self.step >= limit and k < len(batches))):
-                        self.save(epoch, k, carry)
-                    if stops.requested:
-                        raise Interrupted(f"stopped by {stops.name} at step {self.step}; checkpoint written, "
-                                          "rerun the same command to resume", stops.exit_code)
-            if k >= len(batches):  # epoch end: validate, then checkpoint the position "next epoch, batch 0"
-                valid_ppl = self.validate(epoch)
+            if self._epoch(epoch, first, stops, limit):  # the whole epoch: validate, then "next epoch, batch 0"
+                valid_ppl = self.validate(epoch, epoch_end=True)
                 if valid_ppl is not None:
-                    self.progress.log(f"epoch {epoch + 1}: step {self.step}, train ppl {train_ppl:.2f}, "
+                    self.progress.log(f"epoch {epoch + 1}: step {self.step}, train ppl {self.train_ppl:.2f}, "
                                       f"valid ppl {valid_ppl:.2f}")
                 epoch, first = epoch + 1, 0
-                self.save(epoch, 0, zero)
+                self.save(epoch, 0, self._zero())
             else:
-                valid_ppl = self.validate(epoch)
+                valid_ppl = self.validate(epoch, epoch_end=False)
         seconds = time.monotonic() - t0
         return {"run_dir": str(self.paths.root), "steps": self.step, "resumed_from_step": start_step,
-                "epochs_completed": epoch, "train_perplexity": _finite(train_ppl), "valid_perplexity": valid_ppl,
+                "epochs_completed": epoch, "train_perplexity": _finite(self.train_ppl), "valid_perplexity": valid_ppl,
                 "best_valid_perplexity": _finite(float(self.state.best.numpy())),
-                "tokens_trained": int(tokens_run), "seconds": seconds,
-                "tokens_per_s": tokens_run / seconds if seconds else 0.0, "loss": cfg.loss.name}
+                "tokens_trained": int(self.tokens_run), "seconds": seconds,
+                "tokens_per_s": self.tokens_run / seconds if seconds else 0.0, "loss": cfg.loss.name,
+                "terms": list(cfg.term_names)}
+
+    def _zero(self):
+        return self.model.zero_state(self.cfg.data.batch_size) if self.carries_state else None
+
+    def _epoch(self, epoch: int, first: int, stops: StopRequests, limit: float) -> bool:
+        """Batches `first`.. of `epoch` (until `limit` steps); True when the epoch is complete."""
+        cfg = self.cfg
+        batches = make_batches(self.train_split, cfg.data, self.specials, cfg.train.seed, epoch)
+        carry = self.state.get_carry() if (self.carries_state and first) else self._zero()
+        k = first
+        with self.progress.task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=first) as task:
+            while k < len(batches) and self.step < limit:
+                carry = self._step(batches[k], carry, epoch + k / len(batches))
+                k += 1
+                task.update(1)
+                if self.step % cfg.train.log_every == 0 or len(self.pending) >= self.REFRESH:
+                    self._read(task, epoch)
+                if (self.step % cfg.train.checkpoint_every == 0 or stops.requested
+                        or (self.step >= limit and k < len(batches))):
+                    self._read(task, epoch)
+                    self.save(epoch, k, carry)
+                if stops.requested:
+                    raise Interrupted(f"stopped by {stops.name} at step {self.step}; checkpoint written, "
+                                      "rerun the same command to resume", stops.exit_code)
+            self._read(task, epoch)
+        return k >= len(batches)
+
+    def _step(self, batch, carry, epoch: float):
+        """One optimiser step at the scheduled rate; its outputs wait in `pending`. Returns the carried state."""
+        rate = learning_rate(self.cfg.train, self.step, epoch, self.total, int(self.state.lr_decays.numpy()))
+        self.optimizer.learning_rate = rate
+        feed = {**batch.as_dict(), "step": tf.constant(self.step, tf.int64), "epoch": tf.constant(epoch, tf.float32)}
+        if self.carries_state:
+            feed["state"] = carry
+        out = self.train_fn(feed)
+        self.step += 1
+        self.pending.add(self.step, out, {"lr": rate})
+        return out.get("state")
+
+    def _read(self, task, epoch: int) -> None:
+        """Read the pending steps: the NaN guard (naming the first bad step), the window, metrics records."""
+        for step, values in self.pending.fetch():
+            if not math.isfinite(values["loss"]):
+                kept = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved >= 0
+                        else "no checkpoint was written yet")
+                raise NumericalError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); "
+                                     f"{kept}; try a lower --lr or a --clip-norm, then rerun to resume")
+            self.window.add(values, self.additive)
+            self.tokens_run += values["tokens"]
+            if step % self.cfg.train.log_every == 0:
+                self.log.write({"event": "train", "step": step, "epoch": epoch + 1, **self.window.record()})
+                self.train_ppl, self.window = self.window.perplexity, Window()
+        if self.window.tokens:
+            self.train_ppl = self.window.perplexity
+            task.update(0, step=self.step, loss=self.window.mean("loss"), ppl=self.train_ppl, tok_s=self.window.rate)
 
 
 def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], restart: bool = False,
@@ -273,14 +261,6 @@ def _restore(state: TrainingState, prefix: str) -> str | None:
     except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint means it is unusable
         return short_error(e)
     return None
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics.jsonl record; a torn or blank line (a killed writer) sorts last and is dropped."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
 
 
 def _finite(x: float) -> float | None:

@@ -21,7 +21,10 @@ from typer.testing import CliRunner
 
 from lmcli.cli.main import app
 from lmcli.config import (
+    AUX_DISTANCES,
+    AUX_LOSSES,
     LOSSES,
+    LR_SCHEDULES,
     MODEL_TYPES,
     OPTIMIZERS,
     PAD_SIDES,
@@ -34,6 +37,7 @@ from lmcli.config import (
     ModelConfig,
     PrepareConfig,
     RunConfig,
+    TermsConfig,
     TrainConfig,
 )
 from lmcli.data.corpus import read_lines
@@ -144,13 +148,14 @@ FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-2,
                    st.sampled_from([0.0, -0.0, 1.0, 1e-9, 1e308]))
 CHOICES = {"padding": PADDINGS, "pad_side": PAD_SIDES, "name": LOSSES, "sampler": SAMPLERS,
            "temperature_decay": TEMPERATURE_DECAYS, "optimizer": OPTIMIZERS, "model_type": MODEL_TYPES,
-           "encoding_errors": ("strict", "replace")}
+           "encoding_errors": ("strict", "replace"), "aux_distance": AUX_DISTANCES, "lr_schedule": LR_SCHEDULES}
 
 
 def values_for(cls: type) -> st.SearchStrategy[dict[str, Any]]:
     """Random values for every option field of a config dataclass, by its declared type."""
     by_type = {"int": INTS, "float": FLOATS, "bool": st.booleans(), "Optional[int]": st.none() | INTS,
-               "Optional[str]": st.none()}
+               "Optional[str]": st.none(),
+               "tuple[str, ...]": st.lists(st.sampled_from([*AUX_LOSSES, "kl", "nosuch"]), max_size=3).map(tuple)}
     fields = {}
     for f in dataclasses.fields(cls):
         if f.type == "str":
@@ -166,10 +171,10 @@ def finite(*values: float) -> bool:
 
 @settings(max_examples=300, deadline=None)
 @given(model=values_for(ModelConfig), data=values_for(DataConfig), loss=values_for(LossConfig),
-       train=values_for(TrainConfig))
-def test_run_config_validation_accepts_or_raises_config_error(model, data, loss, train):
+       terms=values_for(TermsConfig), train=values_for(TrainConfig))
+def test_run_config_validation_accepts_or_raises_config_error(model, data, loss, terms, train):
     cfg = RunConfig(model=ModelConfig(**model), data=DataConfig(**data), loss=LossConfig(**loss),
-                    train=TrainConfig(**train))
+                    terms=TermsConfig(**terms), train=TrainConfig(**train))
     try:
         cfg.validate()
     except ConfigError as e:
@@ -179,6 +184,9 @@ def test_run_config_validation_accepts_or_raises_config_error(model, data, loss,
     m, t = cfg.model, cfg.train
     assert m.vocab_size > 0 and m.hidden > 0 and 0 <= m.dropout < 1 and cfg.data.batch_size > 0
     assert finite(t.lr, t.clip_norm) and t.lr > 0 and 0 <= t.seed < 2**32
+    assert 0 <= m.embedding_dropout < 1 and 0 <= t.min_lr <= t.lr and t.lr_decay >= 1 and finite(t.lr_decay)
+    assert set(cfg.terms.aux_loss) <= set(AUX_LOSSES) and cfg.terms.aux_power > 0 and cfg.terms.aux_rounds > 0
+    assert all(finite(w) and w >= 0 for w in (cfg.terms.aux_weight, cfg.terms.kl_weight, cfg.terms.ar_alpha))
     if cfg.loss.name != "full":
         assert finite(cfg.loss.unigram_distortion) and 0 < cfg.loss.num_sampled <= m.vocab_size
 

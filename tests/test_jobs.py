@@ -121,21 +121,24 @@ def test_second_job_on_a_run_dir_is_refused_and_a_stale_lock_is_taken_over(data_
 
 def test_nan_loss_stops_with_its_code_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    full = losses.LOSSES["full"]
+    full = losses.STRATEGIES["full"]
 
-    def poisoned(w, b, h, y, m, cfg, ctx):
+    def poisoned(inputs, cfg, ctx):
+        import dataclasses
+
         import tensorflow as tf
 
-        out = full(w, b, h, y, m, cfg, ctx)
-        return tf.cond(ctx.step >= 6, lambda: out * np.nan, lambda: out)
+        out = full.fn(inputs, cfg, ctx)
+        bad = tf.cond(inputs.clock.step >= 6, lambda: out.losses * np.nan, lambda: out.losses)
+        return dataclasses.replace(out, losses=bad)
 
-    monkeypatch.setitem(losses.LOSSES, "full", poisoned)
+    monkeypatch.setitem(losses.STRATEGIES, "full", losses.Strategy(poisoned, draws_candidates=False))
     r = CliRunner().invoke(app, ["train", str(data_dir), "--run-dir", str(run), *TRAIN])
     assert r.exit_code == 7
     line = r.stderr.strip()
     assert "\n" not in line and "at step 7" in line and "--lr" in line and "--clip-norm" in line
     assert load_model(run, "latest")[2] == 4  # the last good checkpoint, untouched
     # resuming after the fix (here: the poison removed) continues from that checkpoint
-    monkeypatch.setitem(losses.LOSSES, "full", full)
+    monkeypatch.setitem(losses.STRATEGIES, "full", full)
     r = CliRunner().invoke(app, ["train", str(data_dir), "--run-dir", str(run), *TRAIN, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["resumed_from_step"] == 4

@@ -7,7 +7,7 @@ import tensorflow as tf
 from lmcli import losses
 from lmcli.config import LossConfig
 from lmcli.errors import ConfigError
-from lmcli.losses import LossContext, masked_mean
+from lmcli.losses import masked_mean
 
 
 def np_log_softmax(z):
@@ -26,9 +26,8 @@ def tiny_case(seed=0, n=7, v=5, d=3):
 
 
 def run_full(w, b, h, y, m):
-    fn = losses.get("full")
-    return fn(tf.constant(w), tf.constant(b), tf.constant(h), tf.constant(y), tf.constant(m), LossConfig(),
-              LossContext(step=tf.constant(0, tf.int64))).numpy()
+    return losses.per_token(LossConfig(), tf.constant(w), tf.constant(b), tf.constant(h), tf.constant(y),
+                            tf.constant(m)).numpy()
 
 
 def test_full_softmax_matches_numpy():

@@ -8,6 +8,7 @@ import tensorflow as tf
 from lmcli import losses
 from lmcli.config import LossConfig, ModelConfig
 from lmcli.model import LanguageModel, build_model
+from lmcli.objective import Objective
 
 V = 12
 
@@ -16,7 +17,7 @@ V = 12
 def model():
     keras.utils.set_random_seed(0)
     m = build_model(ModelConfig(vocab_size=V, embedding_dim=6, hidden=8, layers=2, proj_dim=5))
-    m.compile(keras.optimizers.SGD(0.1), losses.bind(LossConfig()))
+    m.compile(keras.optimizers.SGD(0.1), Objective(LossConfig()))
     return m
 
 
@@ -62,8 +63,8 @@ def train_loss_and_grads(model, x, y, m):
         hidden, _ = model(x, mask=tf.constant(m > 0))
         w, b = model.output_weights()
         flat_m = tf.reshape(tf.constant(m), [-1])
-        per = model.strategy(w, b, tf.reshape(hidden, [-1, model.output_dim]), tf.reshape(y, [-1]), flat_m,
-                             tf.constant(0, tf.int64))
+        per = losses.per_token(LossConfig(), w, b, tf.reshape(hidden, [-1, model.output_dim]), tf.reshape(y, [-1]),
+                               flat_m)
         loss = losses.masked_mean(per, flat_m)
     grads = tape.gradient(loss, model.trainable_variables)
     return float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]

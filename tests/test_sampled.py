@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lmcli import losses
 from lmcli.config import LossConfig
 from lmcli.errors import ConfigError
-from lmcli.losses import LossContext, full, sampled
+from lmcli.losses import sampled
 from lmcli.losses.samplers import LearnedUnigramSampler, Sampler, inclusion_tries, make_sampler
 
 
@@ -26,7 +27,7 @@ def test_every_class_sampled_with_exact_counts_equals_full_softmax():
     v = len(b)
     got = sampled.sampled_logits_loss(w, b, h, y, tf.range(v, dtype=tf.int64), tf.ones(len(y)), tf.ones(v),
                                       remove_accidental_hits=True).numpy()
-    want = full.token_losses(w, b, h, y, tf.ones(len(y)), LossConfig(), None).numpy()
+    want = losses.per_token(LossConfig(), w, b, h, y, tf.ones(len(y))).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -55,16 +56,16 @@ class FixedSampler:
 def test_masked_positions_contribute_nothing():
     w, b, h, y = case(2)
     mask = np.array([1, 0, 1, 1, 0, 1], np.float32)
-    ctx = LossContext(tf.constant(0, tf.int64), sampler=FixedSampler([1, 2, 4]))
+    sampler = FixedSampler([1, 2, 4])
     cfg = LossConfig(name="sampled", num_sampled=3)
-    base = sampled.token_losses(w, b, h, y, mask, cfg, ctx).numpy()
+    base = losses.per_token(cfg, w, b, h, y, mask, sampler=sampler).numpy()
     assert np.all(base[mask == 0] == 0) and np.all(base[mask == 1] > 0)
     h2, y2 = h.copy(), y.copy()
     h2[mask == 0] = 100.0
     y2[mask == 0] = 0
     wv = tf.Variable(w)
     with tf.GradientTape() as tape:
-        other = sampled.token_losses(wv, b, h2, y2, mask, cfg, ctx)
+        other = losses.per_token(cfg, wv, b, h2, y2, mask, sampler=sampler)
         total = tf.reduce_sum(other)
     np.testing.assert_allclose(other.numpy(), base, rtol=1e-6)
     grad = tape.gradient(total, wv)

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lmcli import losses
 from lmcli.config import LossConfig
 from lmcli.losses import sharding
-from lmcli.losses.context import LossContext
 from lmcli.losses.tapas import (
     rank_resample,
     rank_sampled_softmax_loss,
     resampling_temperature,
-    token_losses,
 )
 
 # Two rows x0 = e0, x1 = e1, so w . x_j just reads w's coordinates. Class 0 is the target (logit 0).
@@ -213,13 +212,13 @@ def tapas_config(**kw):
     return LossConfig(**kw)
 
 
-def test_token_losses_equal_the_tf1_call_on_real_rows():
+def test_strategy_equal_the_tf1_call_on_real_rows():
     hidden = tf.constant([[1, 0], [-100, 0], [0, 1]], tf.float32)  # row 1 is padding
     labels = tf.constant([0, 3, 0], tf.int32)
     mask = tf.constant([1, 0, 1], tf.float32)
     sampler = FakeSampler()
-    ctx = LossContext(step=tf.constant(0, tf.int64), sampler=sampler)
-    got = token_losses(tf.Variable(W), tf.Variable(B), hidden, labels, mask, tapas_config(), ctx).numpy()
+    got = losses.per_token(tapas_config(), tf.Variable(W), tf.Variable(B), hidden, labels, mask,
+                           sampler=sampler).numpy()
     assert sampler.calls == [3]
     real = rsl(W, B, Y, X, SAMPLED, 3, 1, 0.5, num_classes=4)
     np.testing.assert_allclose(got[[0, 2]], real, rtol=1e-6)
@@ -228,14 +227,14 @@ def test_token_losses_equal_the_tf1_call_on_real_rows():
 
 
 @pytest.mark.parametrize("compiled", [False, True])
-def test_token_losses_follow_the_temperature_schedule(compiled):
+def test_strategy_follow_the_temperature_schedule(compiled):
     # T decays from 100 (keeps "average") to 0.5 (keeps "peaked") over 10 steps.
     config = tapas_config(resampling_temperature=100.0, final_resampling_temperature=0.5,
                           temperature_decay="exponential")
     sampler = FakeSampler()
 
     def fn(step):
-        return token_losses(W, B, X, Y[:, 0], tf.ones([2]), config, LossContext(step, 10, 0, sampler))
+        return losses.per_token(config, W, B, X, Y[:, 0], tf.ones([2]), step, sampler, total_steps=10)
 
     fn = tf.function(fn) if compiled else fn
     for step, want in ((0, HIGH_T_LOSSES), (10, LOW_T_LOSSES)):
@@ -243,9 +242,9 @@ def test_token_losses_follow_the_temperature_schedule(compiled):
     assert len(sampler.calls) == (1 if compiled else 2)  # one trace serves every step
 
 
-def test_token_losses_need_a_sampler():
+def test_strategy_need_a_sampler():
     with pytest.raises(ValueError, match="needs a candidate sampler"):
-        token_losses(W, B, X, Y[:, 0], tf.ones([2]), tapas_config(), LossContext(step=tf.constant(0)))
+        losses.per_token(tapas_config(), W, B, X, Y[:, 0], tf.ones([2]))
 
 
 @pytest.mark.parametrize("decay, quarter, middle", [

@@ -24,7 +24,9 @@ from lmcli import losses
 from lmcli.config import DataConfig, LossConfig, ModelConfig
 from lmcli.data.pipeline import make_batches
 from lmcli.data.shards import open_data_dir
+from lmcli.losses.context import StrategyContext
 from lmcli.model import build_model
+from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
 from lmcli.training import train
@@ -88,7 +90,7 @@ def test_pack_train_steps_carry_the_state_and_stop_its_gradient():
     sequence with the gradient stopped at the boundary: g_a * n_a + g_b * n_b == d(sum of NLLs)."""
     model = tiny_model()
     recorder = Recorder()
-    model.compile(recorder, losses.bind(LossConfig()), clip_norm=0.0)
+    model.compile(recorder, Objective(LossConfig()), clip_norm=0.0)
     rng = np.random.default_rng(1)
     ids = rng.integers(3, V, size=(2, 11)).astype(np.int32)
     x, y = ids[:, :-1], ids[:, 1:]
@@ -130,7 +132,7 @@ def test_trainer_feeds_the_carried_state_batch_after_batch(tiny_data_dir, tmp_pa
     def by_hand(carry: bool):
         keras.utils.set_random_seed(11)
         model = build_model(cfg.model)
-        model.compile(make_optimizer(cfg.train), losses.bind(cfg.loss), clip_norm=0.0, seed=11)
+        model.compile(make_optimizer(cfg.train), Objective(cfg.loss), clip_norm=0.0, seed=11)
         state = model.zero_state(3)
         for k in range(4):
             out = model.train_step({**batches[k].as_dict(), "state": state, "step": tf.constant(k, tf.int64)})
@@ -147,8 +149,8 @@ def test_trainer_feeds_the_carried_state_batch_after_batch(tiny_data_dir, tmp_pa
 # ---- 2 and 3. the bound sampled strategy ---------------------------------------------------------------------
 @pytest.mark.parametrize("remove_hits", [True, False])
 def test_bound_sampled_strategy_matches_numpy(remove_hits):
-    """Through `losses.bind`: log-Q corrected logits with expected counts != 1, and an accidental hit removed or
-    kept as the config says; padded tokens get 0."""
+    """Through the registry's strategy: log-Q corrected logits with expected counts != 1, and an accidental hit
+    removed or kept as the config says; padded tokens get 0."""
     rng = np.random.default_rng(2)
     w = rng.normal(size=(V, 4)).astype(np.float32)
     b = rng.normal(size=V).astype(np.float32)
@@ -158,8 +160,7 @@ def test_bound_sampled_strategy_matches_numpy(remove_hits):
     candidates = np.array([3, 5, 7, 10], np.int64)
     q = np.linspace(0.05, 0.9, V).astype(np.float32)  # expected counts, far from 1
     cfg = LossConfig(name="sampled", num_sampled=4, remove_accidental_hits=remove_hits)
-    bound = losses.bind(cfg, sampler=FixedSampler(candidates, q))
-    got = bound(w, b, h, y, mask, tf.constant(0, tf.int64)).numpy()
+    got = losses.per_token(cfg, w, b, h, y, mask, sampler=FixedSampler(candidates, q)).numpy()
 
     true = (h * w[y]).sum(-1) + b[y] - np.log(q[y])  # (N,)
     sampled = h @ w[candidates].T + b[candidates] - np.log(q[candidates])  # (N, S)
@@ -180,17 +181,13 @@ def test_train_step_applies_the_summed_gradient_of_repeated_rows(optimizer):
     model = tiny_model(seed=3, layers=1)
     cfg = LossConfig(name="sampled", num_sampled=3)
     sampler = FixedSampler([2, 5, 8], np.full(V, 0.3, np.float32))
-    model.compile(make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1)), losses.bind(cfg, sampler=sampler),
-                  clip_norm=0.0)
+    model.compile(make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1)),
+                  Objective(cfg, ctx=StrategyContext(sampler)), clip_norm=0.0)
     x = np.array([[4, 4, 6, 4], [6, 4, 4, 9]], np.int32)
     y = np.array([[7, 7, 4, 7], [4, 7, 7, 7]], np.int32)
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
-        hidden, _ = model(x, initial_state=model.zero_state(2), mask=tf.ones(x.shape, tf.bool), training=True)
-        w, b = model.output_weights()
-        per = model.strategy(w, b, tf.reshape(hidden, [-1, model.output_dim]), tf.reshape(y, [-1]),
-                             tf.ones([8]), tf.constant(0, tf.int64))
-        loss = losses.masked_mean(per, tf.ones([8]))
+        loss = model.compute_objective(feed(x, y, model.zero_state(2)))[0]
     grads = tape.gradient(loss, variables)
     assert sum(isinstance(g, tf.IndexedSlices) and len(np.unique(g.indices)) < len(g.indices) for g in grads) >= 2
     copies = [keras.Variable(v.numpy()) for v in variables]
@@ -214,8 +211,7 @@ def test_bound_tapas_divides_the_bias_by_the_temperature():
     y = np.array([0, 2], np.int64)
     mask = np.array([1, 0], np.float32)
     cfg = LossConfig(name="tapas", num_sampled=3, num_resampled=1, resampling_temperature=2.0)
-    bound = losses.bind(cfg, sampler=FixedSampler([1, 2, 3], np.ones(4, np.float32)))
-    got = bound(w, b, h, y, mask, tf.constant(0, tf.int64)).numpy()
+    got = losses.per_token(cfg, w, b, h, y, mask, sampler=FixedSampler([1, 2, 3], np.ones(4, np.float32))).numpy()
     keeps_1 = math.log(math.exp(0.5) + math.exp(2.0)) - 0.5  # logits: label 0.5, class 1: 2.0
     keeps_2 = math.log(math.exp(0.5) + math.exp(1.5)) - 0.5
     assert got[0] == pytest.approx(keeps_1, rel=1e-6) and got[0] != pytest.approx(keeps_2, rel=1e-3)

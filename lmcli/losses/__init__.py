@@ -1,59 +1,83 @@
-"""Loss strategies behind one contract, and the one place where per-token losses are reduced.
+"""Loss strategies behind one contract, their registry (which owns each one's setup), and the one reduction.
 
 A strategy is a plain function
 
-    fn(weights [V, D], bias [V], hidden [N, D], labels [N], mask [N], config: LossConfig,
-       ctx: LossContext) -> losses [N]
+    fn(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput
 
-returning per-token losses in nats that are 0 where mask is 0. The model never knows which one it runs.
+whose `losses` (N,) are per-token losses in nats, 0 where mask is 0, and whose `logits` are over the classes it
+scored (loss terms may read them). The model never knows which one it runs; evaluation always uses the full
+softmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from lmcli.config import LOSSES as LOSS_NAMES
 from lmcli.config import LossConfig
 from lmcli.errors import ConfigError
 from lmcli.losses import full, sampled, tapas
-from lmcli.losses.context import LossContext
+from lmcli.losses.context import Clock, LossInputs, StrategyContext, StrategyOutput
+from lmcli.losses.samplers import make_sampler
 
-LossFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, LossConfig, LossContext],
-                  tf.Tensor]
+StrategyFn = Callable[[LossInputs, LossConfig, StrategyContext], StrategyOutput]
 
-LOSSES: dict[str, LossFn] = {
-    "full": full.token_losses,
-    "sampled": sampled.token_losses,
-    "tapas": tapas.token_losses,
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registry entry: the function, and what its setup must make for a run."""
+
+    fn: StrategyFn
+    draws_candidates: bool  # needs the candidate sampler named by --sampler
+
+    def setup(self, config: LossConfig, vocab_size: int, unigram_counts: Optional[np.ndarray],
+              seed: int) -> StrategyContext:
+        """The strategy's per-run context (its sampler, or none)."""
+        sampler = make_sampler(config, vocab_size, unigram_counts, seed) if self.draws_candidates else None
+        return StrategyContext(sampler, seed)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "full": Strategy(full.strategy, draws_candidates=False),
+    "sampled": Strategy(sampled.strategy, draws_candidates=True),
+    "tapas": Strategy(tapas.strategy, draws_candidates=True),
 }
 
 
-def get(name: str) -> LossFn:
+def get(name: str) -> Strategy:
     """The strategy called `name`, or a ConfigError listing the known ones."""
     try:
-        return LOSSES[name]
+        return STRATEGIES[name]
     except KeyError:
-        known = ", ".join(n for n in LOSS_NAMES if n in LOSSES)
+        known = ", ".join(n for n in LOSS_NAMES if n in STRATEGIES)
         raise ConfigError(f"unknown loss '{name}' (choose from {known})") from None
 
 
-def bind(config: LossConfig, seed: int = 0, total_steps: int = 0, sampler=None):
-    """The strategy of `config`, closed over its options: (W, b, hidden, labels, mask, step) -> losses."""
-    fn = get(config.name)
+def per_token(config: LossConfig, weights, bias, hidden, labels, mask, step=0, sampler=None, total_steps: int = 0,
+              seed: int = 0) -> tf.Tensor:
+    """The strategy of `config` on plain tensors (W (V, D), b (V,), hidden (N, D), labels (N,), mask (N,)):
+    its per-token losses (N,). A convenience for using a strategy outside a model."""
+    def tensor(x):  # variables stay variables, so that gathers on them give row-sparse gradients
+        return x if isinstance(x, (tf.Tensor, tf.Variable)) else tf.constant(x)
 
-    def bound(weights, bias, hidden, labels, mask, step):
-        return fn(weights, bias, hidden, labels, mask, config, LossContext(step, total_steps, seed, sampler))
+    inputs = LossInputs(tensor(weights), tensor(bias), tensor(hidden), tensor(labels), tf.cast(mask, tf.float32),
+                        Clock(tf.cast(step, tf.int64), 0.0, total_steps))
+    return get(config.name).fn(inputs, config, StrategyContext(sampler, seed)).losses
 
-    return bound
 
+def masked_mean(losses: tf.Tensor, mask: tf.Tensor, count: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """sum(losses * mask) / count, count = sum(mask) unless given (the global count under tf.distribute).
 
-def masked_mean(losses: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """sum(losses * mask) / sum(mask): the mean over real tokens, 0 for an all-padding batch."""
+    The mean over real tokens; 0 for an all-padding batch.
+    """
     total = tf.reduce_sum(losses * mask)  # ()
-    count = tf.reduce_sum(mask)  # ()
-    return tf.math.divide_no_nan(total, count)
+    return tf.math.divide_no_nan(total, tf.reduce_sum(mask) if count is None else count)
 
 
-__all__ = ["LOSSES", "LossContext", "LossFn", "bind", "get", "masked_mean"]
+__all__ = ["STRATEGIES", "Clock", "LossInputs", "Strategy", "StrategyContext", "StrategyFn", "StrategyOutput",
+           "get", "masked_mean", "per_token"]

@@ -5,26 +5,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 from lmcli.config import LossConfig
-from lmcli.losses.context import LossContext
+from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput
 
 
-def token_losses(weights: tf.Tensor, bias: tf.Tensor, hidden: tf.Tensor, labels: tf.Tensor,
-                 mask: tf.Tensor, config: LossConfig, ctx: LossContext) -> tf.Tensor:
-    """Per-token cross-entropy over all V classes; 0 where mask is 0.
+def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput:
+    """Per-token cross-entropy over all V classes; 0 where mask is 0. Logits: (N, V), every token, every class.
 
-    Args:
-        weights: output matrix W, (V, D).
-        bias: output bias b, (V,).
-        hidden: hidden states, (N, D).
-        labels: target ids, (N,) int.
-        mask: 1.0 for real tokens, 0.0 for padding, (N,).
-        config: unused (no options for the full softmax).
-        ctx: unused.
-
-    Returns:
-        Losses in nats, (N,).
+    `config` and `ctx` are unused: the full softmax has no options and draws nothing.
     """
     del config, ctx
-    logits = tf.matmul(hidden, weights, transpose_b=True) + bias  # (N, V)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # (N,)
-    return tf.where(mask > 0, losses, tf.zeros_like(losses))  # (N,)
+    logits = tf.matmul(inputs.hidden, inputs.weights, transpose_b=True) + inputs.bias  # (N, V)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=inputs.labels, logits=logits)  # (N,)
+    return StrategyOutput(tf.where(inputs.mask > 0, losses, tf.zeros_like(losses)), logits)  # (N,)

@@ -2,7 +2,7 @@
 
 For each real token j with label y_j and shared candidates s_1..s_S:
     true logit    t_j  = w_{y_j} . h_j + b_{y_j} - log Q(y_j)
-    sampled logit u_jk = w_{s_k} . h_j + b_{s_k} - log Q(s_k)      (-inf where s_k == y_j, if removing hits)
+    sampled logit u_jk = w_{s_k} . h_j + b_{s_k} - log Q(s_k)      (-1e9 where s_k == y_j, if removing hits)
     loss_j = logsumexp([t_j, u_j1..u_jS]) - t_j
 Q is the expected count of a class in the candidate set (the log-Q correction). With every class as a
 candidate and Q = 1 this is exactly the full softmax. Padded tokens take no part and get loss 0.
@@ -13,14 +13,14 @@ from __future__ import annotations
 import tensorflow as tf
 
 from lmcli.config import LossConfig
-from lmcli.losses.context import LossContext
+from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
 
 NEG = -1e9  # logit of a removed accidental hit (finite, so gradients stay clean)
 
 
-def sampled_logits_loss(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
-                        remove_accidental_hits: bool = True, subtract_log_q: bool = True) -> tf.Tensor:
-    """Sampled-softmax losses of real tokens.
+def sampled_logits(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
+                   remove_accidental_hits: bool = True, subtract_log_q: bool = True) -> tf.Tensor:
+    """Logits (M, 1 + S) of real tokens: column 0 the label, then the shared candidates.
 
     Args:
         weights: W (V, D); bias: b (V,).
@@ -29,9 +29,6 @@ def sampled_logits_loss(weights, bias, hidden, labels, sampled, true_expected, s
         true_expected: (M,) expected count of each label; sampled_expected: (S,).
         remove_accidental_hits: mask candidates equal to the token's own label.
         subtract_log_q: apply the log-Q correction.
-
-    Returns:
-        (M,) losses in nats.
     """
     labels = tf.cast(labels, tf.int64)
     true_w = tf.gather(weights, labels)  # (M, D)
@@ -44,26 +41,33 @@ def sampled_logits_loss(weights, bias, hidden, labels, sampled, true_expected, s
     if remove_accidental_hits:
         hits = tf.equal(labels[:, None], tf.cast(sampled, tf.int64)[None, :])  # (M, S)
         logits = tf.where(hits, NEG, logits)
-    all_logits = tf.concat([true_logit[:, None], logits], axis=1)  # (M, 1 + S)
-    return tf.reduce_logsumexp(all_logits, axis=1) - true_logit  # (M,)
+    return tf.concat([true_logit[:, None], logits], axis=1)  # (M, 1 + S)
+
+
+def label_first_losses(logits: tf.Tensor) -> tf.Tensor:
+    """Cross-entropy (M,) of logits whose column 0 is the label."""
+    return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]  # (M,)
+
+
+def sampled_logits_loss(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
+                        remove_accidental_hits: bool = True, subtract_log_q: bool = True) -> tf.Tensor:
+    """Sampled-softmax losses (M,) of real tokens (arguments as `sampled_logits`)."""
+    return label_first_losses(sampled_logits(weights, bias, hidden, labels, sampled, true_expected,
+                                             sampled_expected, remove_accidental_hits, subtract_log_q))
 
 
 def real_rows(hidden, labels, mask):
-    """Indices (M, 1) of the real tokens, and their hidden states (M, D) and labels (M,)."""
-    idx = tf.where(mask > 0)  # (M, 1)
-    return idx, tf.gather_nd(hidden, idx), tf.gather_nd(labels, idx)
+    """Indices (M,) of the real tokens, and their hidden states (M, D) and labels (M,)."""
+    idx = tf.where(mask > 0)[:, 0]  # (M,)
+    return idx, tf.gather(hidden, idx), tf.gather(labels, idx)
 
 
-def scatter_back(idx, values, n) -> tf.Tensor:
-    """(M,) values of real tokens -> (N,) with zeros at padding."""
-    return tf.scatter_nd(idx, values, tf.cast(tf.reshape(n, [1]), tf.int64))
-
-
-def token_losses(weights, bias, hidden, labels, mask, config: LossConfig, ctx: LossContext) -> tf.Tensor:
+def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput:
     """The `sampled` strategy: per-token sampled-softmax losses (N,), 0 where mask is 0."""
-    idx, h, y = real_rows(hidden, labels, mask)
+    rows, h, y = real_rows(inputs.hidden, inputs.labels, inputs.mask)
     sampled, true_expected, sampled_expected = ctx.sampler.sample(
-        y, tf.ones_like(y, tf.float32), config.num_sampled, ctx.step)
-    losses = sampled_logits_loss(weights, bias, h, y, sampled, true_expected, sampled_expected,
-                                 config.remove_accidental_hits)
-    return scatter_back(idx, losses, tf.shape(labels)[0])
+        y, tf.ones_like(y, tf.float32), config.num_sampled, inputs.clock.step)
+    logits = sampled_logits(inputs.weights, inputs.bias, h, y, sampled, true_expected, sampled_expected,
+                            config.remove_accidental_hits)  # (M, 1 + S)
+    losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)
+    return StrategyOutput(losses, logits, rows, sampled, label_first=True)

@@ -11,7 +11,7 @@
 
 Weights and biases may be sharded ("div" or "mod", see `lmcli.losses.sharding`). The optional keyword
 `mask` is the one addition: masked rows take no part in sampling or scoring and get loss 0.
-`token_losses` is the lmcli strategy built on it, with a temperature schedule.
+`strategy` is the lmcli strategy built on the same two passes, with a temperature schedule.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from lmcli.config import LossConfig
 from lmcli.losses import sharding
-from lmcli.losses.context import LossContext
+from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
+from lmcli.losses.sampled import label_first_losses, real_rows, sampled_logits
 
 SampledValues = Sequence[Any]  # (sampled (S,), true_expected (B, num_true), sampled_expected (S,))
 
@@ -214,35 +215,27 @@ def resampling_temperature(config: LossConfig, step: Any, total_steps: int) -> t
     raise ValueError(f"unknown temperature decay '{decay}'")
 
 
-def token_losses(weights: tf.Tensor, bias: tf.Tensor, hidden: tf.Tensor, labels: tf.Tensor,
-                 mask: tf.Tensor, config: LossConfig, ctx: LossContext) -> tf.Tensor:
-    """Per-token TAPAS losses; 0 where mask is 0, and padded rows take no part in the resampling.
+def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput:
+    """Per-token TAPAS losses (N,); 0 where mask is 0, and padded rows take no part in the resampling.
 
-    Args:
-        weights: output matrix W, (V, D).
-        bias: output bias b, (V,).
-        hidden: hidden states, (N, D).
-        labels: target ids, (N,) int.
-        mask: 1.0 for real tokens, 0.0 for padding, (N,).
-        config: num_sampled, num_resampled, remove_accidental_hits and the temperature schedule.
-        ctx: step and total_steps (schedule), and the first-pass `sampler`.
-
-    Returns:
-        Losses in nats, (N,).
+    The first pass draws `num_sampled` candidates with `ctx.sampler`; the second keeps the `num_resampled`
+    with the best scores (`rank_resample`, TF1's semantics) at the scheduled temperature; the loss is the
+    sampled softmax over the kept candidates with their first-pass expected counts. Logits: (M, 1 + K), the
+    label first, for the M real tokens.
     """
     if ctx.sampler is None:
-        raise ValueError("the tapas loss needs a candidate sampler in its LossContext (ctx.sampler)")
-    labels = tf.cast(labels, tf.int64)  # (N,)
-    mask = tf.cast(mask, tf.float32)  # (N,)
-    sampled, true_expected, sampled_expected = ctx.sampler.sample(labels, mask, config.num_sampled, ctx.step)
-    return rank_sampled_softmax_loss(
-        weights=weights, biases=bias, labels=labels[:, None], inputs=hidden,
-        num_sampled=config.num_sampled, num_resampled=config.num_resampled,
-        num_classes=int(weights.shape[0]), num_true=1,
-        sampled_values=(sampled, tf.reshape(true_expected, [-1, 1]), sampled_expected),
-        resampling_temperature=resampling_temperature(config, ctx.step, ctx.total_steps),
-        remove_accidental_hits=config.remove_accidental_hits, partition_strategy="div", mask=mask)  # (N,)
+        raise ValueError("the tapas loss needs a candidate sampler (StrategyContext.sampler)")
+    rows, h, y = real_rows(inputs.hidden, tf.cast(inputs.labels, tf.int64), inputs.mask)  # (M,), (M, D), (M,)
+    step = inputs.clock.step
+    first = ctx.sampler.sample(y, tf.ones_like(y, tf.float32), config.num_sampled, step)
+    temperature = resampling_temperature(config, step, inputs.clock.total_steps)
+    kept, true_expected, kept_expected = rank_resample(inputs.weights, inputs.bias, h, first,
+                                                       config.num_resampled, temperature)  # (K,), (M,), (K,)
+    logits = sampled_logits(inputs.weights, inputs.bias, h, y, kept, true_expected, kept_expected,
+                            config.remove_accidental_hits)  # (M, 1 + K)
+    losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)
+    return StrategyOutput(losses, logits, rows, kept, label_first=True)
 
 
 __all__ = ["rank_resample", "rank_sampled_softmax_loss", "resampling_scores", "resampling_temperature",
-           "token_losses"]
+           "strategy"]

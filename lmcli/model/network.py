@@ -1,8 +1,9 @@
 """LanguageModel: Embedding(V, E) -> LSTM x layers -> optional projection -> output W [V, D], b [V].
 
-`train_step` asks the bound loss strategy for per-token losses given (W, b, hidden, labels, mask), so
-`compile()` takes no loss. `test_step` and `score` always use the full softmax on the same W and b.
-Dropout is stateless, keyed on (seed, step), so a resumed run draws the same masks.
+`train_step` hands the run's `Objective` one bundle (W, b, E, hidden states, labels, mask, the clock, layer
+extras), so `compile()` takes no loss. `test_step` and `score` always use the full softmax on the same W and b.
+Training randomness (dropout, embedding noise) is stateless, keyed on (seed, step), so a resumed run draws the
+same masks; none of it runs outside `train_step`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import keras
 import tensorflow as tf
 
 from lmcli.config import ModelConfig
-from lmcli.losses import masked_mean
+from lmcli.losses.context import Clock, LossInputs
+from lmcli.model.embedding import WordEmbedding
+from lmcli.model.noise import EMBEDDING_DROPOUT, LAYER_DROPOUT, Noise
 from lmcli.model.output import OutputLayer
 from lmcli.optim import merge_duplicate_rows
 
 State = list  # [(h (B, H), c (B, H)) per layer]
-BoundLoss = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+Objective = Callable[..., tuple]  # lmcli.objective.Objective: (LossInputs, count, replicas) -> (loss, sums, facts)
 
 
 class LanguageModel(keras.Model):
@@ -27,7 +30,7 @@ class LanguageModel(keras.Model):
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden: int, layers: int = 1,
                  proj_dim: int = 0, dropout: float = 0.0, tie_embeddings: bool = False,
-                 **kwargs) -> None:
+                 embedding_dropout: float = 0.0, variational_embedding: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -36,9 +39,12 @@ class LanguageModel(keras.Model):
         self.proj_dim = proj_dim
         self.dropout = dropout
         self.tie_embeddings = tie_embeddings
+        self.embedding_dropout = embedding_dropout
+        self.variational_embedding = variational_embedding
         self.supports_masking = True
         self.output_dim = proj_dim or hidden
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
+        self.embedding = WordEmbedding(vocab_size, embedding_dim, embedding_dropout, variational_embedding,
+                                       name="embedding")
         for i in range(layers):  # one attribute per layer: a plain list is invisible to tf.train.Checkpoint
             setattr(self, f"lstm_{i}", keras.layers.LSTM(hidden, return_sequences=True, return_state=True,
                                                          name=f"lstm_{i}"))
@@ -46,19 +52,22 @@ class LanguageModel(keras.Model):
                            if proj_dim else None)
         self.output_layer = OutputLayer(vocab_size, self.output_dim, tied=tie_embeddings, name="output")
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.strategy: Optional[BoundLoss] = None
+        self.objective: Optional[Objective] = None
         self.clip_norm = 0.0
         self.seed = 0
+        self.total_steps = 0
+        self.train_tokens = 0
 
     @classmethod
     def from_model_config(cls, cfg: ModelConfig) -> "LanguageModel":
         return cls(cfg.vocab_size, cfg.embedding_dim, cfg.hidden, cfg.layers, cfg.proj_dim, cfg.dropout,
-                   cfg.tie_embeddings)
+                   cfg.tie_embeddings, cfg.embedding_dropout, cfg.variational_embedding)
 
     def get_config(self) -> dict:
         return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim, "hidden": self.hidden,
                 "layers": self.num_layers, "proj_dim": self.proj_dim, "dropout": self.dropout,
-                "tie_embeddings": self.tie_embeddings, "name": self.name}
+                "tie_embeddings": self.tie_embeddings, "embedding_dropout": self.embedding_dropout,
+                "variational_embedding": self.variational_embedding, "name": self.name}
 
     # ---- building blocks -------------------------------------------------------------------------
     @property
@@ -67,6 +76,7 @@ class LanguageModel(keras.Model):
 
     def build(self, input_shape=None) -> None:
         ids = tf.zeros([1, 1], tf.int32)
+        self.embedding.build()
         self.call(ids)
         self.output_layer.build()
         self.built = True
@@ -78,44 +88,49 @@ class LanguageModel(keras.Model):
         rows, while a gather on the Keras wrapper first reads the whole matrix, which after a row-sparse
         update (copy-on-read) copies all V x D values every time.
         """
-        w = self.embedding.embeddings if self.tie_embeddings else self.output_layer.kernel
-        return w.value, self.output_layer.bias.value
+        w = self.embedding.matrix() if self.tie_embeddings else self.output_layer.kernel.value
+        return w, self.output_layer.bias.value
+
+    @property
+    def extras_provided(self) -> frozenset:
+        """Names of the extra tensors `forward` exposes to loss terms."""
+        return frozenset({"raw_hidden", *(["log_alpha"] if self.variational_embedding else [])})
 
     def zero_state(self, batch_size: int) -> State:
         zeros = tf.zeros([batch_size, self.hidden])
         return [(zeros, zeros) for _ in self.lstms]
 
-    def _drop(self, x: tf.Tensor, key: Optional[tf.Tensor], site: int) -> tf.Tensor:
-        if key is None or self.dropout <= 0:
-            return x
-        seed = tf.stack([key[0], key[1] * 16 + site])
-        return tf.nn.experimental.stateless_dropout(x, self.dropout, seed=seed)
-
-    def call(self, inputs: tf.Tensor, initial_state: Optional[State] = None, mask: Optional[tf.Tensor] = None,
-             training: bool = False, dropout_key: Optional[tf.Tensor] = None):
-        """Hidden states for a batch of id sequences.
+    def forward(self, inputs: tf.Tensor, initial_state: Optional[State] = None, mask: Optional[tf.Tensor] = None,
+                noise: Optional[Noise] = None) -> tuple[tf.Tensor, State, dict]:
+        """Hidden states, final state and the extras loss terms may read.
 
         Args:
             inputs: ids, (B, T) int.
             initial_state: carried LSTM state, or None for zeros.
             mask: (B, T) bool; the LSTM keeps its state unchanged over masked steps (left padding).
-            training: enables dropout (needs `dropout_key`).
-            dropout_key: int64 (2,) = (seed, step); dropout is applied only when given and training.
+            noise: the step's training randomness; None = no dropout and no embedding noise (inference).
 
         Returns:
-            (hidden (B, T, D), final state).
+            (hidden (B, T, D), [(h, c) per layer], {"raw_hidden": last LSTM output before dropout (B, T, H),
+            "log_alpha": (V,) with a variational embedding}).
         """
-        key = dropout_key if training else None
-        x = self._drop(self.embedding(inputs), key, 0)  # (B, T, E)
+        drop = (lambda x, site: x) if noise is None else (lambda x, site: noise.dropout(x, self.dropout, site))
+        x = drop(self.embedding(inputs, noise=noise), EMBEDDING_DROPOUT)  # (B, T, E)
         states = []
         for i, lstm in enumerate(self.lstms):
             init = list(initial_state[i]) if initial_state is not None else None
-            x, h, c = lstm(x, initial_state=init, mask=mask, training=training)  # (B, T, H)
-            x = self._drop(x, key, i + 1)
+            raw, h, c = lstm(x, initial_state=init, mask=mask)  # (B, T, H)
+            x = drop(raw, LAYER_DROPOUT + i)
             states.append((h, c))
         if self.projection is not None:
             x = self.projection(x)  # (B, T, D)
-        return x, states
+        return x, states, {"raw_hidden": raw, **self.embedding.extras()}
+
+    def call(self, inputs: tf.Tensor, initial_state: Optional[State] = None, mask: Optional[tf.Tensor] = None,
+             training: bool = False, noise: Optional[Noise] = None):
+        """(hidden (B, T, D), final state) for ids (B, T); `noise` applies only when training."""
+        hidden, states, _ = self.forward(inputs, initial_state, mask, noise if training else None)
+        return hidden, states
 
     def full_logits(self, hidden: tf.Tensor) -> tf.Tensor:
         """(..., D) -> (..., V) with the trained W and b."""
@@ -124,7 +139,7 @@ class LanguageModel(keras.Model):
 
     def step(self, ids: tf.Tensor, state: State) -> tuple[tf.Tensor, State]:
         """One token per row with the state carried: ids (B,) -> (log_probs (B, V), state)."""
-        x = self.embedding(ids)  # (B, E)
+        x = self.embedding(ids)  # (B, E): the mean vectors, no noise
         new_state = []
         for i, lstm in enumerate(self.lstms):
             x, (h, c) = lstm.cell(x, list(state[i]))  # (B, H)
@@ -154,31 +169,47 @@ class LanguageModel(keras.Model):
                 "top5": f64(rank < 5), "state": new_state}
 
     # ---- Keras steps ------------------------------------------------------------------------------
-    def compile(self, optimizer, strategy: BoundLoss, clip_norm: float = 0.0, seed: int = 0,
-                **kwargs) -> None:
-        """Like keras.Model.compile, but with a loss strategy instead of a loss."""
+    def compile(self, optimizer, objective: Objective, clip_norm: float = 0.0, seed: int = 0,
+                total_steps: int = 0, train_tokens: int = 0, **kwargs) -> None:
+        """Like keras.Model.compile, but with the run's `Objective` instead of a loss.
+
+        `total_steps` (the planned steps) and `train_tokens` (real tokens per epoch) reach the objective's clock
+        and terms.
+        """
         super().compile(optimizer=optimizer, **kwargs)
-        self.strategy = strategy
+        self.objective = objective
         self.clip_norm = clip_norm
         self.seed = seed
+        self.total_steps = total_steps
+        self.train_tokens = train_tokens
 
     @property
     def metrics(self):
         return [self.loss_tracker]
 
-    def train_step(self, data: dict) -> dict:
-        """One optimiser step on {inputs, labels, mask[, state, step]} (all (B, T) but state)."""
-        inputs, labels, mask = data["inputs"], data["labels"], tf.cast(data["mask"], tf.float32)
+    def compute_objective(self, data: dict, count=None, replicas: int = 1):
+        """(loss, sums, facts, state) of a batch {inputs, labels, mask[, state, step, epoch, row_offset,
+        global_rows]}, with training randomness on."""
+        mask = tf.cast(data["mask"], tf.float32)  # (B, T)
         step = tf.cast(data.get("step", self.optimizer.iterations), tf.int64)
-        key = tf.stack([tf.constant(self.seed, tf.int64), step])
+        noise = Noise(self.seed, step, data.get("row_offset", 0), data.get("global_rows", 0))
+        hidden, state, extras = self.forward(data["inputs"], data.get("state"), mask > 0, noise)
+        w, b = self.output_weights()
+        inputs = LossInputs(w, b, tf.reshape(hidden, [-1, self.output_dim]),  # (N, D)
+                            tf.reshape(data["labels"], [-1]), tf.reshape(mask, [-1]),  # (N,), (N,)
+                            Clock(step, data.get("epoch", 0.0), self.total_steps), self.embedding.matrix(),
+                            extras, self.train_tokens)
+        loss, sums, facts = self.objective(inputs, count, replicas)
+        return loss, sums, facts, state
+
+    def train_step(self, data: dict) -> dict:
+        """One optimiser step on {inputs, labels, mask[, state, step, epoch]} (all (B, T) but state and clock).
+
+        Returns the step's loss and each part of it (`sums`), the terms' weights and reports (`facts`), the real
+        token count, the gradient norm and, when a state was given, the final state.
+        """
         with tf.GradientTape() as tape:
-            hidden, state = self(inputs, initial_state=data.get("state"), mask=mask > 0, training=True,
-                                 dropout_key=key)
-            w, b = self.output_weights()
-            flat_mask = tf.reshape(mask, [-1])  # (N,)
-            losses = self.strategy(w, b, tf.reshape(hidden, [-1, self.output_dim]),  # (N, D)
-                                   tf.reshape(labels, [-1]), flat_mask, step)  # (N,)
-            loss = masked_mean(losses, flat_mask)
+            loss, sums, facts, state = self.compute_objective(data)
         variables = self.trainable_variables
         grads = [merge_duplicate_rows(g) for g in tape.gradient(loss, variables)]
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
@@ -187,9 +218,9 @@ class LanguageModel(keras.Model):
         if self.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=grad_norm)
         self.optimizer.apply(grads, variables)
-        tokens = tf.reduce_sum(mask)
+        tokens = tf.reduce_sum(tf.cast(data["mask"], tf.float32))
         self.loss_tracker.update_state(loss, sample_weight=tokens)
-        logs = {"loss": loss, "tokens": tokens, "grad_norm": grad_norm}
+        logs = {**sums, **facts, "tokens": tokens, "grad_norm": grad_norm}
         if "state" in data:
             logs["state"] = state
         return logs

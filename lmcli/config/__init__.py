@@ -1,0 +1,28 @@
+"""Typed, frozen configs: the one place where defaults live, validated once, with JSON round trips.
+
+Every run dir holds `config.json` = `RunConfig.to_dict()`; the model and the data pipeline are rebuilt from it
+alone. `sections` holds a run's parts, `run` the RunConfig, `commands` the options of prepare and generate.
+"""
+
+from lmcli.config.commands import MODEL_TYPES, GenerateConfig, PrepareConfig
+from lmcli.config.run import SECTIONS, RunConfig
+from lmcli.config.sections import (
+    AUX_DISTANCES,
+    AUX_LOSSES,
+    LOSSES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PAD_SIDES,
+    PADDINGS,
+    SAMPLERS,
+    TEMPERATURE_DECAYS,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    TermsConfig,
+    TrainConfig,
+)
+
+__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES", "OPTIMIZERS", "PADDINGS",
+           "PAD_SIDES", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS", "DataConfig", "GenerateConfig", "LossConfig",
+           "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig", "TrainConfig"]
