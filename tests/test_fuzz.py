@@ -154,7 +154,7 @@ CHOICES = {"padding": PADDINGS, "pad_side": PAD_SIDES, "name": LOSSES, "sampler"
 def values_for(cls: type) -> st.SearchStrategy[dict[str, Any]]:
     """Random values for every option field of a config dataclass, by its declared type."""
     by_type = {"int": INTS, "float": FLOATS, "bool": st.booleans(), "Optional[int]": st.none() | INTS,
-               "Optional[str]": st.none(),
+               "Optional[str]": st.none(), "int | str": st.one_of(INTS, st.sampled_from(["max", "nosuch", ""])),
                "tuple[str, ...]": st.lists(st.sampled_from([*AUX_LOSSES, "kl", "nosuch"]), max_size=3).map(tuple)}
     fields = {}
     for f in dataclasses.fields(cls):
@@ -211,5 +211,6 @@ def test_prepare_config_validation_accepts_or_raises_config_error(values):
         cfg.validate()
     except ConfigError:
         return
-    assert cfg.vocab_size > 0 and 0 < cfg.character_coverage <= 1
+    assert cfg.vocab_size == "max" or (isinstance(cfg.vocab_size, int) and cfg.vocab_size > 0)
+    assert 0 < cfg.character_coverage <= 1
     assert 0 <= cfg.valid_fraction and 0 <= cfg.test_fraction and cfg.valid_fraction + cfg.test_fraction < 1

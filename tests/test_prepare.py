@@ -6,6 +6,7 @@ import errno
 import gzip
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -259,6 +260,31 @@ def test_vocab_too_big_and_too_small(tmp_path, text_lines, write_lines):
     with pytest.raises(ConfigError, match="--vocab-size 10 is too small"):
         run([corpus], tmp_path / "out", PrepareConfig(**{**UNIGRAM.__dict__, "vocab_size": 10}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+@pytest.mark.parametrize("model_type", ["word", "bpe"])
+def test_vocab_size_max_takes_every_piece_the_corpus_supports(tmp_path, text_lines, write_lines, model_type):
+    """`--vocab-size max` gives exactly the limit sentencepiece names when asked for more (for word: the distinct
+    words of the train split + 4 specials), and the same tokenizer as asking for that number."""
+    corpus = write_lines("corpus.txt", text_lines)
+    base = {**WORD.__dict__, "model_type": model_type}
+    with pytest.raises(ConfigError, match=r"at most (\d+) for") as too_big:
+        run([corpus], tmp_path / "big", PrepareConfig(**{**base, "vocab_size": 100000}))
+    limit = int(re.search(r"at most (\d+) for", str(too_big.value)).group(1))
+    summary = run([corpus], tmp_path / "max", PrepareConfig(**{**base, "vocab_size": "max"}))
+    assert summary["vocab_size"] == limit
+    if model_type == "word":
+        rule = reference_splits(400, WORD.seed, 0.1, 0.1)
+        train = [line for line, s in zip(text_lines, rule, strict=True) if s == "train"]
+        assert limit == len({w for line in train for w in line.split()}) + 4
+    run([corpus], tmp_path / "exact", PrepareConfig(**{**base, "vocab_size": limit}))
+
+    def pieces(d):
+        sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+        return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+    assert pieces(tmp_path / "max") == pieces(tmp_path / "exact")
+    assert open_data_dir(tmp_path / "max").vocab_size == limit
 
 
 def test_reused_tokenizer_gives_the_same_ids(tmp_path, text_lines, write_lines):

@@ -13,15 +13,18 @@ from lmcli.cli.options import (
     JsonOpt,
     ModelArg,
     QuietOpt,
+    choices,
     emit_json,
     print_table,
     progress_for,
 )
+from lmcli.config import ENCODING_ERRORS
+from lmcli.data.layout import SPLITS
 
 
 def evaluate(
     model: ModelArg,
-    split: Annotated[str, typer.Option(help="Data-dir split: valid | test | train.")] = "test",
+    split: Annotated[str, typer.Option(help="Split of the run's data dir.", **choices(SPLITS))] = "test",
     text: Annotated[Optional[Path], typer.Option(help="Evaluate on this text file instead of a split.",
                                                  show_default=False)] = None,
     per_line: Annotated[Optional[Path], typer.Option(help="Write per-line loglik/tokens/perplexity as JSONL "
@@ -34,10 +37,11 @@ def evaluate(
                                               "validation scores it: pack windows, or pad pieces of at most "
                                               "--max-len).")] = False,
     checkpoint: CheckpointOpt = "best",
-    batch_size: Annotated[Optional[int], typer.Option(help="Rows per batch [default: the run's; in pack mode "
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per batch \\[default: the run's; in pack mode "
                                                       "another value cuts the stream into other rows].",
                                                       show_default=False)] = None,
-    encoding_errors: Annotated[str, typer.Option(help="--text: strict | replace.")] = "strict",
+    encoding_errors: Annotated[str, typer.Option(help="--text: invalid UTF-8 stops, or becomes U+FFFD.",
+                                                 **choices(ENCODING_ERRORS))] = "strict",
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

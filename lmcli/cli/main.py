@@ -30,6 +30,7 @@ class LmcliGroup(TyperGroup):
     """The one error boundary: every failure becomes one stderr line and a documented exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _hide_envvars(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -56,7 +57,14 @@ class LmcliGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-app = typer.Typer(name="lmcli", cls=LmcliGroup, no_args_is_help=True, add_completion=False,
+def _hide_envvars(group: TyperGroup) -> None:
+    """Every option reads LMCLI_<COMMAND>_<OPTION>; each command's help says so once, not on every line."""
+    for command in group.commands.values():
+        for param in command.params:
+            param.show_envvar = False
+
+
+app = typer.Typer(name="lmcli", cls=LmcliGroup, no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False, help="Train, evaluate, export and sample LSTM language models.")
 
 

@@ -49,7 +49,7 @@ def _load_config(ctx: typer.Context, param, value: Optional[Path]) -> Optional[P
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", help="TOML file of option values (keys = option names; a [command] table per command). "
+    "--config", help="TOML file of option values (keys = option names; a \\[command] table per command). "
     "The command line wins.", is_eager=True, callback=_load_config, show_default=False)]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
@@ -59,6 +59,18 @@ RunDirArg = Annotated[Path, typer.Argument(help="A run dir written by `lmcli tra
 ModelArg = Annotated[Path, typer.Argument(help="A run dir (`lmcli train`) or an export dir (`lmcli export`).",
                                           show_default=False)]
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="Run dirs: best | latest | a step number.")]
+
+
+def choices(names: tuple[str, ...]) -> dict:
+    """typer.Option arguments that show `names` as the option's choices and complete them in the shell.
+
+    The value stays a plain string, checked by the config, so a name outside the list is a configuration
+    error (exit 4) with the list in the message, wherever it came from (command line, --config, environment).
+    """
+    def complete(ctx, param, incomplete: str) -> list[str]:
+        return [n for n in names if n.startswith(incomplete)]
+
+    return {"metavar": "[" + "|".join(names) + "]", "shell_complete": complete}
 
 
 def progress_for(quiet: bool) -> Progress:

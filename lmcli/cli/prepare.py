@@ -7,17 +7,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, emit_json, print_table, progress_for
-from lmcli.config import PrepareConfig
+from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, print_table, progress_for
+from lmcli.config import ENCODING_ERRORS, MODEL_TYPES, VOCAB_MAX, PrepareConfig
 
 D = PrepareConfig()
+
+
+def _vocab_size(value: str) -> int | str:
+    """--vocab-size: a whole number, or `max`."""
+    if value == VOCAB_MAX:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"'{value}' is not a whole number or {VOCAB_MAX}") from None
 
 
 def prepare(
     inputs: Annotated[list[str], typer.Argument(help="Text files (.gz ok), or - for stdin.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Data dir to write.", show_default=False)],
-    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size, specials included.")] = D.vocab_size,
-    model_type: Annotated[str, typer.Option(help="unigram | bpe | word | char.")] = D.model_type,
+    vocab_size: Annotated[str, typer.Option(help="Tokenizer vocabulary size, specials included; max = every "
+                                            "piece the corpus supports.", callback=_vocab_size,
+                                            metavar="N|max")] = str(D.vocab_size),
+    model_type: Annotated[str, typer.Option(help="Tokenizer model.", **choices(MODEL_TYPES))] = D.model_type,
     character_coverage: Annotated[float, typer.Option(help="Characters covered.")] = D.character_coverage,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Reuse this sentencepiece .model.",
                                                       show_default=False)] = None,
@@ -27,7 +39,9 @@ def prepare(
     valid_fraction: Annotated[float, typer.Option(help="Lines sent to valid.")] = D.valid_fraction,
     test_fraction: Annotated[float, typer.Option(help="Lines sent to test.")] = D.test_fraction,
     seed: Annotated[int, typer.Option(help="Split and tokenizer seed.")] = D.seed,
-    encoding_errors: Annotated[str, typer.Option(help="strict | replace (invalid UTF-8).")] = D.encoding_errors,
+    encoding_errors: Annotated[str, typer.Option(help="Invalid UTF-8: stop with the file and line named, or "
+                                                 "replace it by U+FFFD.", **choices(ENCODING_ERRORS))
+                               ] = D.encoding_errors,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing data dir.")] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,

@@ -2,101 +2,159 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, emit_json, print_table, progress_for
-from lmcli.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, print_table, progress_for
+from lmcli.config import (
+    AUX_DISTANCES,
+    AUX_LOSSES,
+    LOSSES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PAD_SIDES,
+    PADDINGS,
+    SAMPLERS,
+    SECTIONS,
+    TEMPERATURE_DECAYS,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    TermsConfig,
+    TrainConfig,
+)
 
-M, DT, L, T = ModelConfig(), DataConfig(), LossConfig(), TrainConfig()
+M, DT, L, TM, T = ModelConfig(), DataConfig(), LossConfig(), TermsConfig(), TrainConfig()
+MODEL, LOSS, TERMS, DATA, OPTIM, RUN = ("Model", "Loss strategy", "Loss terms and regularisers", "Data layout",
+                                        "Optimisation and schedule", "Run, checkpoints and logs")
+ALIASES = {("loss", "name"): "loss"}  # config field -> option, where the names differ
 
 
-def _opt(help: str, default) -> typer.Option:
-    """An option whose absence means 'keep the run's saved value' (or the default for a new run)."""
-    return typer.Option(help=f"{help} [default: {default}]", show_default=False)
+def _opt(help: str, default: Any, panel: str, *decls: str, names: tuple[str, ...] = ()) -> Any:
+    """An option whose absence keeps the run's saved value (the default shown, for a new run); `names` are its
+    choices."""
+    return typer.Option(*decls, help=f"{help} \\[default: {default}]", show_default=False, rich_help_panel=panel,
+                        **(choices(names) if names else {}))
+
+
+def _flag(on: str, off: str, help: str, default: bool, panel: str) -> Any:
+    return _opt(help, on if default else off, panel, f"{on}/{off}")
 
 
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Data dir written by `lmcli prepare`.", show_default=False)],
-    run_dir: Annotated[Path, typer.Option("--run-dir", help="Where checkpoints and logs go.",
-                                          show_default=False)],
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Where checkpoints and logs go (a new or an lmcli "
+                                          "run dir).", show_default=False)],
     # model
-    embedding_dim: Annotated[Optional[int], _opt("Embedding width E.", M.embedding_dim)] = None,
-    hidden: Annotated[Optional[int], _opt("LSTM units per layer.", M.hidden)] = None,
-    layers: Annotated[Optional[int], _opt("Stacked LSTM layers.", M.layers)] = None,
-    proj_dim: Annotated[Optional[int], _opt("Projection width D after the LSTM; 0 = none.", M.proj_dim)] = None,
-    dropout: Annotated[Optional[float], _opt("Dropout rate.", M.dropout)] = None,
-    tie_embeddings: Annotated[Optional[bool], typer.Option(
-        "--tie-embeddings/--no-tie-embeddings", help="Share W with the embedding (needs D == E). "
-        "[default: no]", show_default=False)] = None,
-    # loss
-    loss: Annotated[Optional[str], _opt("Loss strategy: full | sampled | tapas.", L.name)] = None,
-    num_sampled: Annotated[Optional[int], _opt("sampled/tapas: candidates drawn per step (< V).",
-                                               L.num_sampled)] = None,
-    sampler: Annotated[Optional[str], _opt("auto (unigram; learned-unigram for tapas) | unigram | "
-                                           "log-uniform | uniform | learned-unigram.", L.sampler)] = None,
+    embedding_dim: Annotated[Optional[int], _opt("Embedding width E.", M.embedding_dim, MODEL)] = None,
+    hidden: Annotated[Optional[int], _opt("LSTM units per layer.", M.hidden, MODEL)] = None,
+    layers: Annotated[Optional[int], _opt("Stacked LSTM layers.", M.layers, MODEL)] = None,
+    proj_dim: Annotated[Optional[int], _opt("Projection width D after the LSTM; 0 = none.", M.proj_dim, MODEL)] = None,
+    dropout: Annotated[Optional[float], _opt("Dropout on embeddings, between layers and before the output.",
+                                             M.dropout, MODEL)] = None,
+    tie_embeddings: Annotated[Optional[bool], _flag("--tie-embeddings", "--no-tie-embeddings",
+                                                    "Share W with the embedding (needs D == E).",
+                                                    M.tie_embeddings, MODEL)] = None,
+    # loss strategy
+    loss: Annotated[Optional[str], _opt("Loss strategy (evaluation is always the full softmax).", L.name, LOSS,
+                                        names=LOSSES)] = None,
+    num_sampled: Annotated[Optional[int], _opt("sampled/tapas: candidates drawn per step.", L.num_sampled,
+                                               LOSS)] = None,
+    sampler: Annotated[Optional[str], _opt("Candidate sampler; auto = unigram (learned-unigram for tapas).",
+                                           L.sampler, LOSS, names=SAMPLERS)] = None,
     unigram_distortion: Annotated[Optional[float], _opt("Unigram counts are raised to this power.",
-                                                        L.unigram_distortion)] = None,
-    remove_accidental_hits: Annotated[Optional[bool], typer.Option(
-        "--remove-accidental-hits/--keep-accidental-hits", help="Drop candidates equal to the label. "
-        "[default: remove]", show_default=False)] = None,
-    num_resampled: Annotated[Optional[int], _opt("tapas: candidates kept after resampling (< --num-sampled).",
-                                                 L.num_resampled)] = None,
+                                                        L.unigram_distortion, LOSS)] = None,
+    remove_accidental_hits: Annotated[Optional[bool], _flag(
+        "--remove-accidental-hits", "--keep-accidental-hits", "Drop candidates equal to the label.",
+        L.remove_accidental_hits, LOSS)] = None,
+    num_resampled: Annotated[Optional[int], _opt("tapas: candidates kept by the second pass (< --num-sampled).",
+                                                 L.num_resampled, LOSS)] = None,
     resampling_temperature: Annotated[Optional[float], _opt("tapas: resampling temperature T at the start.",
-                                                            L.resampling_temperature)] = None,
+                                                            L.resampling_temperature, LOSS)] = None,
     final_resampling_temperature: Annotated[Optional[float], _opt(
-        "tapas: T at the end of training; 0 = keep T constant.", L.final_resampling_temperature)] = None,
-    temperature_decay: Annotated[Optional[str], _opt("tapas: how T decays: linear | exponential | cosine | "
-                                                     "constant.", L.temperature_decay)] = None,
-    # data
-    padding: Annotated[Optional[str], _opt("pack (TBPTT, carried state) | pad (one line per row).",
-                                           DT.padding)] = None,
-    batch_size: Annotated[Optional[int], _opt("Rows per batch.", DT.batch_size)] = None,
-    seq_len: Annotated[Optional[int], _opt("Pack mode: tokens per window.", DT.seq_len)] = None,
-    bucket_by_length: Annotated[Optional[bool], typer.Option(
-        "--bucket-by-length/--no-bucket-by-length", help="Pad mode: batch similar lengths together. "
-        "[default: no]", show_default=False)] = None,
-    max_len: Annotated[Optional[int], _opt("Pad mode: split longer lines.", DT.max_len)] = None,
-    pad_side: Annotated[Optional[str], _opt("Pad mode: right | left.", DT.pad_side)] = None,
+        "tapas: T at the end of training; 0 = keep T constant.", L.final_resampling_temperature, LOSS)] = None,
+    temperature_decay: Annotated[Optional[str], _opt("tapas: how T moves over the run.", L.temperature_decay,
+                                                     LOSS, names=TEMPERATURE_DECAYS)] = None,
+    # terms and regularisers
+    aux_loss: Annotated[Optional[list[str]], _opt("Add a loss term (repeatable).", "none", TERMS,
+                                                  names=AUX_LOSSES)] = None,
+    aux_weight: Annotated[Optional[float], _opt("embedding term: its weight.", TM.aux_weight, TERMS)] = None,
+    aux_power: Annotated[Optional[float], _opt("embedding term: K in p <- p^K / sum p^K.", TM.aux_power,
+                                               TERMS)] = None,
+    aux_rounds: Annotated[Optional[int], _opt("embedding term: rounds R of sharpening.", TM.aux_rounds,
+                                              TERMS)] = None,
+    aux_distance: Annotated[Optional[str], _opt("embedding term: distance to the target word's embedding.",
+                                                TM.aux_distance, TERMS, names=AUX_DISTANCES)] = None,
+    ar_alpha: Annotated[Optional[float], _opt("ar term: weight of mean(h^2).", TM.ar_alpha, TERMS)] = None,
+    tar_beta: Annotated[Optional[float], _opt("tar term: weight of mean((h_t - h_t-1)^2).", TM.tar_beta,
+                                              TERMS)] = None,
+    embedding_dropout: Annotated[Optional[float], _opt("Drop whole word types per batch with this probability.",
+                                                       M.embedding_dropout, TERMS)] = None,
+    variational_embedding: Annotated[Optional[bool], _flag(
+        "--variational-embedding", "--no-variational-embedding", "Learn a Gaussian dropout rate per word "
+        "(adds the kl term).", M.variational_embedding, TERMS)] = None,
+    kl_weight: Annotated[Optional[float], _opt("kl term: final weight of KL / training tokens.", TM.kl_weight,
+                                               TERMS)] = None,
+    kl_warmup_epochs: Annotated[Optional[float], _opt("kl term: epochs of the linear ramp from 0.",
+                                                      TM.kl_warmup_epochs, TERMS)] = None,
+    # data layout
+    padding: Annotated[Optional[str], _opt("pack (TBPTT, carried state) or pad (one line per row).",
+                                           DT.padding, DATA, names=PADDINGS)] = None,
+    batch_size: Annotated[Optional[int], _opt("Rows per batch.", DT.batch_size, DATA)] = None,
+    seq_len: Annotated[Optional[int], _opt("pack: tokens per window.", DT.seq_len, DATA)] = None,
+    bucket_by_length: Annotated[Optional[bool], _flag("--bucket-by-length", "--no-bucket-by-length",
+                                                      "pad: batch lines of similar length together.",
+                                                      DT.bucket_by_length, DATA)] = None,
+    max_len: Annotated[Optional[int], _opt("pad: longer lines are cut into pieces of this many tokens.",
+                                           DT.max_len, DATA)] = None,
+    pad_side: Annotated[Optional[str], _opt("pad: where padding goes.", DT.pad_side, DATA, names=PAD_SIDES)] = None,
     # optimisation
-    optimizer: Annotated[Optional[str], _opt("auto (lazy-adam for sampled/tapas, adam for full) | adam | "
-                                             "lazy-adam | sgd | adagrad.", T.optimizer)] = None,
-    lr: Annotated[Optional[float], _opt("Learning rate.", T.lr)] = None,
-    clip_norm: Annotated[Optional[float], _opt("Clip the global gradient norm; 0 = off.", T.clip_norm)] = None,
-    epochs: Annotated[Optional[int], _opt("Epochs in all (a resumed run continues up to this).", T.epochs)] = None,
-    max_steps: Annotated[Optional[int], _opt("Stop after this many steps in all; 0 = no limit.",
-                                             T.max_steps)] = None,
-    seed: Annotated[Optional[int], _opt("Seed of initialisation, shuffling and dropout.", T.seed)] = None,
-    checkpoint_every: Annotated[Optional[int], _opt("Steps between checkpoints.", T.checkpoint_every)] = None,
-    keep: Annotated[Optional[int], _opt("Latest checkpoints kept (best kept apart).", T.keep)] = None,
-    log_every: Annotated[Optional[int], _opt("Steps between metrics.jsonl records.", T.log_every)] = None,
+    optimizer: Annotated[Optional[str], _opt("auto = lazy-adam for sampled/tapas, adam for full.",
+                                             T.optimizer, OPTIM, names=OPTIMIZERS)] = None,
+    lr: Annotated[Optional[float], _opt("Base learning rate.", T.lr, OPTIM)] = None,
+    lr_schedule: Annotated[Optional[str], _opt("How the rate moves (plateau: divide by --lr-decay when "
+                                               "validation did not improve).", T.lr_schedule, OPTIM,
+                                               names=LR_SCHEDULES)] = None,
+    warmup_steps: Annotated[Optional[int], _opt("Linear warm-up of the rate over these first steps.",
+                                                T.warmup_steps, OPTIM)] = None,
+    lr_decay: Annotated[Optional[float], _opt("step/exponential/plateau: the divisor (>= 1).", T.lr_decay,
+                                              OPTIM)] = None,
+    lr_decay_every: Annotated[Optional[int], _opt("step/exponential: epochs per division.", T.lr_decay_every,
+                                                  OPTIM)] = None,
+    min_lr: Annotated[Optional[float], _opt("The rate never goes below this.", T.min_lr, OPTIM)] = None,
+    clip_norm: Annotated[Optional[float], _opt("Clip the global gradient norm; 0 = off.", T.clip_norm, OPTIM)] = None,
+    # run, checkpoints and logs
+    epochs: Annotated[Optional[int], _opt("Epochs in all (a resumed run continues up to this).", T.epochs, RUN)] = None,
+    max_steps: Annotated[Optional[int], _opt("Stop after this many steps in all; 0 = no limit.", T.max_steps,
+                                             RUN)] = None,
+    seed: Annotated[Optional[int], _opt("Seed of initialisation, shuffling, dropout and sampling.", T.seed,
+                                        RUN)] = None,
+    checkpoint_every: Annotated[Optional[int], _opt("Steps between checkpoints.", T.checkpoint_every, RUN)] = None,
+    keep: Annotated[Optional[int], _opt("Latest checkpoints kept (the best is kept apart).", T.keep, RUN)] = None,
+    log_every: Annotated[Optional[int], _opt("Steps between metrics.jsonl records.", T.log_every, RUN)] = None,
     export_on_finish: Annotated[Optional[Path], typer.Option(
-        help="Export the best checkpoint here when training ends (replaces it).", show_default=False)] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard the run dir's checkpoints and start over.")
-                       ] = False,
+        help="Export the best checkpoint here when training ends (replaces it).", show_default=False,
+        rich_help_panel=RUN)] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the run dir's checkpoints and start over.",
+                                          rich_help_panel=RUN)] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train an LSTM language model; rerun on the same run dir to resume at the exact step."""
+    """Train an LSTM language model; rerun on the same run dir to resume at the exact step.
+
+    Options not given keep a resumed run's saved values (a new run takes the defaults shown). Any option can
+    also come from a --config file or from LMCLI_TRAIN_<OPTION> (e.g. LMCLI_TRAIN_NUM_SAMPLED=2048); the
+    command line wins, then the environment, then --config.
+    """
     from lmcli.training import train as run_train
 
-    overrides = {
-        "model": {"embedding_dim": embedding_dim, "hidden": hidden, "layers": layers, "proj_dim": proj_dim,
-                  "dropout": dropout, "tie_embeddings": tie_embeddings},
-        "loss": {"name": loss, "num_sampled": num_sampled, "sampler": sampler,
-                 "unigram_distortion": unigram_distortion, "remove_accidental_hits": remove_accidental_hits,
-                 "num_resampled": num_resampled, "resampling_temperature": resampling_temperature,
-                 "final_resampling_temperature": final_resampling_temperature,
-                 "temperature_decay": temperature_decay},
-        "data": {"padding": padding, "batch_size": batch_size, "seq_len": seq_len,
-                 "bucket_by_length": bucket_by_length, "max_len": max_len, "pad_side": pad_side},
-        "train": {"optimizer": optimizer, "lr": lr, "clip_norm": clip_norm, "epochs": epochs,
-                  "max_steps": max_steps, "seed": seed, "checkpoint_every": checkpoint_every, "keep": keep,
-                  "log_every": log_every},
-    }
+    given = locals()
+    overrides = {section: {f.name: given.get(ALIASES.get((section, f.name), f.name)) for f in fields(cls)}
+                 for section, cls in SECTIONS.items()}
     result = run_train(data_dir, run_dir, overrides, restart=restart, progress=progress_for(quiet))
     if export_on_finish is not None:
         from lmcli.exporting import export as run_export

@@ -4,7 +4,7 @@ Every run dir holds `config.json` = `RunConfig.to_dict()`; the model and the dat
 alone. `sections` holds a run's parts, `run` the RunConfig, `commands` the options of prepare and generate.
 """
 
-from lmcli.config.commands import MODEL_TYPES, GenerateConfig, PrepareConfig
+from lmcli.config.commands import ENCODING_ERRORS, MODEL_TYPES, VOCAB_MAX, GenerateConfig, PrepareConfig
 from lmcli.config.run import SECTIONS, RunConfig
 from lmcli.config.sections import (
     AUX_DISTANCES,
@@ -23,6 +23,7 @@ from lmcli.config.sections import (
     TrainConfig,
 )
 
-__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES", "OPTIMIZERS", "PADDINGS",
-           "PAD_SIDES", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS", "DataConfig", "GenerateConfig", "LossConfig",
-           "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig", "TrainConfig"]
+__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "ENCODING_ERRORS", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES",
+           "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS", "VOCAB_MAX",
+           "DataConfig", "GenerateConfig", "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig",
+           "TrainConfig"]

@@ -9,13 +9,15 @@ from lmcli.config.checks import choice, non_negative, positive
 from lmcli.errors import ConfigError
 
 MODEL_TYPES = ("unigram", "bpe", "word", "char")
+ENCODING_ERRORS = ("strict", "replace")
+VOCAB_MAX = "max"
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     """Options of `lmcli prepare`."""
 
-    vocab_size: int = 8000  # sentencepiece vocabulary, specials included
+    vocab_size: int | str = 8000  # sentencepiece vocabulary, specials included; "max": every piece the corpus allows
     model_type: str = "unigram"  # unigram | bpe | word | char
     character_coverage: float = 0.9995  # fraction of characters kept by the tokenizer
     tokenizer: Optional[str] = None  # reuse this .model instead of training one
@@ -27,7 +29,10 @@ class PrepareConfig:
     shard_tokens: int = 1 << 27  # tokens per shard file (512 MiB of uint32)
 
     def validate(self) -> None:
-        positive("--vocab-size", self.vocab_size)
+        if self.vocab_size != VOCAB_MAX:
+            if isinstance(self.vocab_size, str) or isinstance(self.vocab_size, bool):
+                raise ConfigError(f"--vocab-size must be a number or {VOCAB_MAX}, got {self.vocab_size!r}")
+            positive("--vocab-size", self.vocab_size)
         choice("model type", self.model_type, MODEL_TYPES)
         if not 0.0 < self.character_coverage <= 1.0:
             raise ConfigError(f"--character-coverage must be in (0, 1], got {self.character_coverage}")
@@ -36,7 +41,7 @@ class PrepareConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {v}")
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ConfigError("--valid-fraction + --test-fraction must be below 1")
-        choice("encoding-errors mode", self.encoding_errors, ("strict", "replace"))
+        choice("encoding-errors mode", self.encoding_errors, ENCODING_ERRORS)
         positive("shard size", self.shard_tokens)
 
 @dataclass(frozen=True)

@@ -127,6 +127,8 @@ class TermsConfig:
 
     def validate(self) -> None:
         for name in self.aux_loss:
+            if name == "kl":
+                raise ConfigError("the kl term comes with --variational-embedding; do not name it in --aux-loss")
             choice("--aux-loss", name, AUX_LOSSES)
         if len(set(self.aux_loss)) != len(self.aux_loss):
             raise ConfigError(f"--aux-loss names a term twice ({', '.join(self.aux_loss)})")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lmcli import __version__
-from lmcli.config import PrepareConfig
+from lmcli.config import VOCAB_MAX, PrepareConfig
 from lmcli.data.corpus import STDIN, Source, check_readable, source_for, spool_stdin
 from lmcli.data.layout import DTYPE_NAME, FORMAT_VERSION, MANIFEST, SPLITS, TOKENIZER_FILE, TRAIN
 from lmcli.data.splits import SplitPlan
@@ -72,7 +72,7 @@ def prepare(inputs: Sequence[str], out_dir: Path, cfg: PrepareConfig, progress: 
     try:
         plan = _make_plan(inputs, valid_files, test_files, cfg, tmp / _SPOOL)
         tok = reused if reused is not None else _train(plan, cfg, progress)
-        if tok.vocab_size != cfg.vocab_size and reused is None:
+        if tok.vocab_size != cfg.vocab_size and reused is None and cfg.vocab_size != VOCAB_MAX:
             progress.log(f"note: the tokenizer has {tok.vocab_size} pieces (--vocab-size {cfg.vocab_size}): "
                          f"a {cfg.model_type} model of this corpus has no more")
         write_file(tmp / TOKENIZER_FILE, tok.serialized)

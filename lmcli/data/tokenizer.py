@@ -23,12 +23,13 @@ from typing import Optional
 
 import sentencepiece as spm
 
-from lmcli.config import PrepareConfig
+from lmcli.config import VOCAB_MAX, PrepareConfig
 from lmcli.errors import ConfigError, InputError, LmcliError, RunDirError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 _MAX_SENTENCE_BYTES = 4192  # sentencepiece's default max_sentence_length, kept
+_SOFT_LIMIT = 1 << 24  # --vocab-size max: sentencepiece stops at what the corpus supports (hard_vocab_limit off)
 _MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}  # TrainerSpec.ModelType values
 
 
@@ -148,7 +149,8 @@ def train_tokenizer(lines: Iterable[str], cfg: PrepareConfig) -> bytes:
     Raises:
         ConfigError: sentencepiece rejects the options for this corpus (e.g. vocabulary too large).
     """
-    if cfg.vocab_size <= len(SPECIAL_PIECES):
+    every = cfg.vocab_size == VOCAB_MAX  # as many pieces as the corpus allows: a soft limit far above any corpus
+    if not every and cfg.vocab_size <= len(SPECIAL_PIECES):
         raise ConfigError(f"--vocab-size must be larger than the {len(SPECIAL_PIECES)} special pieces, "
                           f"got {cfg.vocab_size}")
     holder: list[BaseException] = []
@@ -157,7 +159,8 @@ def train_tokenizer(lines: Iterable[str], cfg: PrepareConfig) -> bytes:
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=_capture(lines, holder), model_writer=writer,
-            vocab_size=cfg.vocab_size, model_type=cfg.model_type,
+            vocab_size=_SOFT_LIMIT if every else cfg.vocab_size, hard_vocab_limit=not every,
+            model_type=cfg.model_type,
             character_coverage=cfg.character_coverage,
             input_sentence_size=cfg.max_sentences, shuffle_input_sentence=True,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,

@@ -1,0 +1,207 @@
+"""Loss terms against numpy and hand-checked cases: the embedding term, ar/tar, the kl term, and how the objective
+adds them to the strategy's loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lmcli.config import LossConfig, TermsConfig
+from lmcli.errors import ConfigError
+from lmcli.losses.context import Clock, LossInputs, StrategyContext, StrategyOutput
+from lmcli.objective import Objective
+from lmcli.terms import TERMS, activation, embedding, variational
+
+RNG = np.random.default_rng(0)
+V, E, N = 9, 4, 5
+EMB = RNG.normal(size=(V, E)).astype(np.float32)
+LABELS = np.array([1, 4, 4, 7, 2], np.int64)
+
+
+def np_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+
+
+def np_cosine_distance(a, b):
+    return 1 - (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def inputs(labels=LABELS, emb=EMB, mask=None, **kw) -> LossInputs:
+    n = len(labels)
+    defaults = dict(weights=tf.zeros([V, E]), bias=tf.zeros([V]), hidden=tf.zeros([n, E]), labels=tf.constant(labels),
+                    mask=tf.ones([n]) if mask is None else tf.constant(mask, tf.float32),
+                    clock=Clock(tf.constant(0, tf.int64)), embeddings=emb)
+    return LossInputs(**{**defaults, **kw})
+
+
+def full_output(logits) -> StrategyOutput:
+    logits = logits if isinstance(logits, tf.Variable) else tf.constant(logits, tf.float32)
+    return StrategyOutput(tf.zeros([N]), logits)
+
+
+# ---- the embedding term ----------------------------------------------------------------------------------------
+def test_one_hot_logits_give_exactly_the_embedding_of_the_argmax():
+    top = np.array([3, 4, 0, 7, 2])
+    logits = np.eye(V, dtype=np.float32)[top] * 1e9  # (N, V)
+    p = tf.exp(embedding.sharpened_log_probs(tf.constant(logits), 4.0, 1))
+    predicted = embedding.expected_embedding(p, full_output(logits), tf.constant(EMB), tf.constant(LABELS)).numpy()
+    np.testing.assert_array_equal(predicted, EMB[top])
+    got = embedding.term(inputs(), full_output(logits), TermsConfig()).numpy()
+    want = np_cosine_distance(EMB[top], EMB[LABELS])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[1] == pytest.approx(0.0, abs=1e-6) and got[4] == pytest.approx(0.0, abs=1e-6)  # argmax == label
+
+
+@pytest.mark.parametrize("distance", ["cosine", "mse"])
+def test_power_one_is_the_softmax_weighted_embedding(distance):
+    logits = RNG.normal(size=(N, V)).astype(np.float32)
+    got = embedding.term(inputs(), full_output(logits), TermsConfig(aux_power=1.0, aux_distance=distance)).numpy()
+    predicted = np_softmax(logits.astype(np.float64)) @ EMB
+    target = EMB[LABELS]
+    want = np_cosine_distance(predicted, target) if distance == "cosine" else ((predicted - target) ** 2).mean(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sharpening_rounds_against_numpy():
+    logits = RNG.normal(size=(N, V))
+    p = np_softmax(logits)
+    for _ in range(2):
+        p = p ** 3 / (p ** 3).sum(-1, keepdims=True)
+    got = tf.exp(embedding.sharpened_log_probs(tf.constant(logits, tf.float32), 3.0, 2)).numpy()
+    np.testing.assert_allclose(got, p, rtol=1e-4, atol=1e-7)
+
+
+def test_power_200_is_finite_and_its_gradient_reaches_the_logits():
+    logits = tf.Variable(RNG.normal(size=(N, V)).astype(np.float32) * 5)
+    with tf.GradientTape(persistent=True) as tape:
+        value = tf.reduce_sum(embedding.term(inputs(), full_output(logits), TermsConfig(aux_power=200.0)))
+        hard = tf.gather(tf.constant(EMB), tf.argmax(logits, axis=-1))  # the non-differentiable original
+    grad = tape.gradient(value, logits)
+    assert np.isfinite(value.numpy()) and np.all(np.isfinite(grad.numpy()))
+    naive = np_softmax(logits.numpy().astype(np.float32)) ** 200  # the direct formula underflows / overflows
+    assert not np.all(np.isfinite(naive / naive.sum(-1, keepdims=True)))
+    assert tape.gradient(hard, logits) is None
+    small_power = tf.GradientTape()
+    with small_power:
+        soft = tf.reduce_sum(embedding.term(inputs(), full_output(logits), TermsConfig(aux_power=1.0)))
+    assert np.abs(small_power.gradient(soft, logits).numpy()).max() > 1e-4
+
+
+def test_sampled_strategy_term_uses_label_and_candidates_and_its_gradients_stay_on_their_rows():
+    """Under --loss sampled the term's p covers [label, candidates]; its gradients of E and W are IndexedSlices on
+    the label and candidate rows only."""
+
+    class Fixed:
+        def sample(self, labels, mask, num_sampled, step):
+            c = tf.constant([0, 5, 6], tf.int64)
+            return c, tf.ones(tf.shape(labels)), tf.ones([3])
+
+    w = tf.Variable(RNG.normal(size=(V, E)).astype(np.float32))
+    emb = tf.Variable(EMB)
+    hidden = tf.constant(RNG.normal(size=(N, E)).astype(np.float32))
+    mask = np.array([1, 1, 0, 1, 1], np.float32)
+    objective = Objective(LossConfig(name="sampled", num_sampled=3), TermsConfig(aux_power=1.0, aux_weight=1.0),
+                          ("embedding",), StrategyContext(Fixed()))
+    with tf.GradientTape(persistent=True) as tape:
+        _, sums, _ = objective(inputs(weights=w, bias=tf.zeros([V]), hidden=hidden, emb=emb, mask=mask))
+        term = sums["embedding"]
+    for var in (emb, w):
+        grad = tape.gradient(term, var)
+        assert isinstance(grad, tf.IndexedSlices)
+        assert set(grad.indices.numpy()) <= set(LABELS[mask > 0]) | {0, 5, 6}
+    # numpy: logits over [label, 0, 5, 6], accidental hits (none here) removed, p @ E[those rows]
+    real = mask > 0
+    cols = np.concatenate([LABELS[:, None], np.tile([0, 5, 6], (N, 1))], 1)  # (N, 4)
+    logits = np.einsum("nd,ncd->nc", hidden.numpy(), w.numpy()[cols])
+    p = np_softmax(logits)
+    predicted = np.einsum("nc,nce->ne", p, EMB[cols])
+    want = np_cosine_distance(predicted, EMB[LABELS])[real].mean()
+    assert float(term) == pytest.approx(want, rel=1e-5)
+
+
+# ---- ar and tar -------------------------------------------------------------------------------------------------
+def test_ar_and_tar_against_numpy_with_padding():
+    raw = RNG.normal(size=(2, 4, 3)).astype(np.float32)  # (B, T, H)
+    hidden = RNG.normal(size=(8, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0], [0, 1, 1, 1]], np.float32)  # a right- and a left-padded row
+    bundle = inputs(labels=np.zeros(8, np.int64), mask=mask.reshape(-1), hidden=tf.constant(hidden),
+                    extras={"raw_hidden": tf.constant(raw)})
+    np.testing.assert_allclose(activation.ar_term(bundle, None, TermsConfig()).numpy(), (hidden ** 2).mean(-1),
+                               rtol=1e-6)
+    want = np.zeros((2, 4))
+    for b in range(2):
+        for t in range(1, 4):
+            if mask[b, t] and mask[b, t - 1]:
+                want[b, t] = ((raw[b, t] - raw[b, t - 1]) ** 2).mean()
+    np.testing.assert_allclose(activation.tar_term(bundle, None, TermsConfig()).numpy(), want.reshape(-1), rtol=1e-6)
+
+
+# ---- the kl term of the variational embedding -------------------------------------------------------------------
+def np_kl(log_alpha):
+    la = np.clip(log_alpha, -8, 8)
+    k1, k2, k3 = 0.63576, 1.8732, 1.48695
+    return -(k1 / (1 + np.exp(-(k2 + k3 * la))) - 0.5 * np.log1p(np.exp(-la)) - k1)
+
+
+def test_kl_against_numpy_clipped_and_divided_by_the_training_tokens():
+    log_alpha = np.array([-12.0, -8.0, -3.0, 0.0, 2.5, 8.0, 11.0], np.float32)
+    np.testing.assert_allclose(variational.kl_per_word(tf.constant(log_alpha)).numpy(), np_kl(log_alpha), rtol=1e-5)
+    assert np_kl(np.array([8.0]))[0] == pytest.approx(np_kl(np.array([11.0]))[0])  # clipped
+    assert np.all(np.diff(np_kl(log_alpha[1:-1])) < 0)  # more noise, less KL
+    bundle = inputs(extras={"log_alpha": tf.constant(log_alpha)}, train_tokens=1000)
+    got = float(variational.term(bundle, None, TermsConfig()))
+    assert got == pytest.approx(np_kl(log_alpha).sum() / 1000, rel=1e-5)
+    stats = variational.stats(bundle, TermsConfig())
+    assert float(stats["noise_share"]) == pytest.approx(2 / 7)  # 8 and 11 (clipped to 8) are above 3
+    assert float(stats["mean_alpha"]) == pytest.approx(np.exp(np.clip(log_alpha, -8, 8)).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("epoch, want", [(0.0, 0.0), (0.5, 0.75 * 0.5 / 1.5), (1.5, 0.75), (4.0, 0.75)])
+def test_kl_weight_ramps_linearly_over_the_warmup_epochs(epoch, want):
+    cfg = TermsConfig(kl_weight=0.75, kl_warmup_epochs=1.5)
+    got = float(variational.weight(Clock(tf.constant(0, tf.int64), tf.constant(epoch)), cfg))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert float(variational.weight(Clock(tf.constant(0, tf.int64), 0.0), TermsConfig(kl_warmup_epochs=0))) == 1.0
+
+
+# ---- the objective -----------------------------------------------------------------------------------------------
+def test_objective_adds_weighted_terms_and_divides_by_the_given_token_count():
+    """loss = masked mean of the strategy + weight * masked mean of per-token terms + weight * scalar terms; with a
+    global count and R replicas, each replica's share adds up to the one-device value."""
+    w = RNG.normal(size=(V, E)).astype(np.float32)
+    hidden = RNG.normal(size=(N, E)).astype(np.float32)
+    raw = RNG.normal(size=(1, N, 3)).astype(np.float32)
+    mask = np.array([1, 1, 0, 1, 1], np.float32)
+    log_alpha = RNG.normal(size=V).astype(np.float32)
+    bundle = inputs(weights=tf.constant(w), hidden=tf.constant(hidden), mask=mask, train_tokens=50,
+                    extras={"raw_hidden": tf.constant(raw), "log_alpha": tf.constant(log_alpha)},
+                    clock=Clock(tf.constant(3, tf.int64), tf.constant(0.25)))
+    cfg = TermsConfig(aux_loss=("ar",), ar_alpha=0.5, kl_weight=2.0, kl_warmup_epochs=1.0)
+    objective = Objective(LossConfig(), cfg, ("ar", "kl"), provided=frozenset({"raw_hidden", "log_alpha"}))
+    loss, sums, facts = objective(bundle)
+    nll = -np.log(np_softmax(hidden @ w.T)[np.arange(N), LABELS])
+    strategy = (nll * mask).sum() / mask.sum()
+    ar = ((hidden ** 2).mean(-1) * mask).sum() / mask.sum()
+    kl = np_kl(log_alpha).sum() / 50
+    assert float(sums["strategy_loss"]) == pytest.approx(strategy, rel=1e-5)
+    assert float(sums["ar"]) == pytest.approx(ar, rel=1e-5) and float(sums["kl"]) == pytest.approx(kl, rel=1e-5)
+    assert float(facts["ar_weight"]) == 0.5 and float(facts["kl_weight"]) == pytest.approx(0.5)
+    assert float(loss) == pytest.approx(strategy + 0.5 * ar + 0.5 * kl, rel=1e-5)
+    # two replicas, each with half of the tokens, the global count and the scalar halved: the shares add up
+    halves = [objective(inputs(weights=tf.constant(w), hidden=tf.constant(hidden[rows]), labels=LABELS[rows],
+                               mask=mask[rows], train_tokens=50, clock=bundle.clock,
+                               extras={"raw_hidden": tf.constant(raw[:, rows]), "log_alpha": tf.constant(log_alpha)}),
+                        count=tf.constant(mask.sum()), replicas=2)[0] for rows in ([0, 1], [2, 3, 4])]
+    assert float(halves[0] + halves[1]) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_term_registry_errors():
+    with pytest.raises(ConfigError, match="unknown loss term 'nope'"):
+        Objective(LossConfig(), TermsConfig(), ("nope",))
+    with pytest.raises(ConfigError, match="the kl term needs --variational-embedding"):
+        Objective(LossConfig(), TermsConfig(), ("kl",), provided=frozenset({"raw_hidden"}))
+    with pytest.raises(ConfigError, match="the kl term comes with --variational-embedding"):
+        TermsConfig(aux_loss=("kl",)).validate()
+    assert set(TERMS) == {"embedding", "ar", "tar", "kl"}
