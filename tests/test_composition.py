@@ -88,6 +88,13 @@ def test_kl_weight_follows_the_warmup_at_epoch_boundaries(tiny_data_dir, tmp_pat
     fraction = [(s // per_epoch) + (s % per_epoch) / per_epoch for s in range(out["steps"])]  # before step s + 1
     np.testing.assert_allclose(weights, [0.6 * min(1.0, f / 1.5) for f in fraction], rtol=1e-5, atol=1e-7)
     assert weights[per_epoch] == pytest.approx(0.4, rel=1e-5)  # the first step of epoch 2: 1 / 1.5 of the weight
+    # the value: sum of the words' KL at the initial log alpha (-6 for all) / the training tokens of an epoch
+    from lmcli.data.shards import open_data_dir
+    from lmcli.terms.variational import kl_per_word
+
+    tokens = len(open_data_dir(tiny_data_dir).split("train").ids)
+    first = records(run, "train")[0]["kl"]
+    assert first == pytest.approx(16 * float(kl_per_word(np.float32([-6.0]))[0]) / tokens, rel=1e-5)
 
 
 def lmcli(*args, mode=None, at=0):

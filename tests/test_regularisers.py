@@ -72,3 +72,31 @@ def test_noise_rows_do_not_depend_on_how_the_batch_is_split():
     assert 0.3 < (full_mask == 0).mean() < 0.7 and set(np.unique(full_mask)) == {0.0, 2.0}
     other = Noise(5, tf.constant(12, tf.int64)).dropout(x, 0.5, site=9).numpy()
     assert not np.array_equal(other, full_mask)  # another step, another mask
+
+
+@pytest.mark.parametrize("model_options", [{"embedding_dropout": 0.5}, {"variational_embedding": True},
+                                           {"dropout": 0.3}, {}])
+def test_training_steps_see_the_noise_and_scoring_does_not(model_options):
+    """The strategy's loss in training equals the full-softmax score of the same batch only without noise."""
+    import keras
+
+    from lmcli.config import LossConfig, ModelConfig
+    from lmcli.model import build_model
+    from lmcli.objective import Objective
+
+    keras.utils.set_random_seed(1)
+    model = build_model(ModelConfig(vocab_size=V, embedding_dim=E, hidden=8, **model_options))
+    if model.variational_embedding:
+        model.embedding.log_alpha.assign(tf.zeros([V]))  # alpha = 1: plenty of noise
+    model.compile(keras.optimizers.SGD(0.0), Objective(LossConfig(), provided=model.extras_provided), seed=3)
+    ids = np.random.default_rng(2).integers(0, V, size=(3, 9)).astype(np.int32)
+    batch = {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": np.ones((3, 8), np.float32),
+             "step": tf.constant(4, tf.int64)}
+    scored = model.score(batch["inputs"], batch["labels"], batch["mask"])
+    clean = float(scored["nll_sum"]) / float(scored["tokens"])
+    noisy = [float(model.compute_objective(batch)[1]["strategy_loss"]) for _ in range(2)]
+    assert noisy[0] == noisy[1]  # stateless: the same step draws the same noise
+    if model_options:
+        assert abs(noisy[0] - clean) > 1e-4
+    else:  # nothing random: the training loss is the full-softmax score
+        assert noisy[0] == pytest.approx(clean, rel=1e-6)
