@@ -8,7 +8,7 @@ The model has random weights (no training). "checkpoint" is the Keras model behi
 a stub tokenizer whose eos never comes, so every row makes all --new-tokens); its tokens/s count the step loop
 only (after the prompt is run), which is what a long generation costs. context_ratio is the per-token time
 after a --long-prompt-token prompt over that after a --prompt-tokens prompt (batch 1): the state carries the
-context, so it should stay near 1. Evaluation scores the same random token split with lmcli.evaluation.score_split
+context, so it should stay near 1. Evaluation scores the same random token split with lmcli.validation.score_split
 (pack layout, batch 32 x 35). Times are the best of --repeats runs (2x for batch 1), the compared cases taking
 turns, since the machine may be shared.
 """
@@ -35,12 +35,12 @@ import tensorflow as tf  # noqa: E402
 
 from lmcli.config import DataConfig, GenerateConfig, ModelConfig  # noqa: E402
 from lmcli.data.shards import SplitData, TokenArray  # noqa: E402
-from lmcli.evaluation import score_split  # noqa: E402
 from lmcli.generation import generate  # noqa: E402
-from lmcli.graph import InferenceGraph  # noqa: E402
 from lmcli.inference import ExportBackend, KerasBackend  # noqa: E402
 from lmcli.model import build_model  # noqa: E402
+from lmcli.model.graph import InferenceGraph  # noqa: E402
 from lmcli.progress import Progress  # noqa: E402
+from lmcli.validation import score_split  # noqa: E402
 
 SPECIALS = {"pad_id": 0, "bos_id": 2, "eos_id": 3}
 

@@ -26,11 +26,11 @@ from lmcli import __version__
 from lmcli.checkpoints import RunPaths, load_model
 from lmcli.data.pipeline import start_id
 from lmcli.data.tokenizer import Tokenizer
-from lmcli.errors import OutputError, RunDirError
+from lmcli.errors import OutputError
+from lmcli.export_format import FORMAT, FORMAT_VERSION, META
 from lmcli.fileio import atomic_write_text, describe_os_error
-from lmcli.graph import InferenceGraph
+from lmcli.model.graph import InferenceGraph
 
-META = "lmcli.json"
 TOLERANCE = 1e-5
 
 # Runs in a subprocess: plain TensorFlow, with keras and lmcli made unimportable.
@@ -103,7 +103,7 @@ def export(run_dir: Path, out: Path, checkpoint: str = "best", verify: bool = Tr
         out.parent.mkdir(parents=True, exist_ok=True)
         graph = InferenceGraph(model, str(paths.tokenizer))
         tf.saved_model.save(graph, str(tmp), signatures=graph.signatures())
-        meta = {"format": "lmcli-export", "format_version": 1, "lmcli_version": __version__,
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "lmcli_version": __version__,
                 "checkpoint_step": step, "checkpoint": checkpoint, "loss_trained": cfg.loss.name,
                 "model": cfg.to_dict()["model"], "data": cfg.to_dict()["data"], "data_dir": cfg.data_dir,
                 "vocab_size": tokenizer.vocab_size, "special_ids": tokenizer.special_ids(), "start_id": start,
@@ -131,17 +131,3 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
-
-
-def read_meta(path: Path) -> dict:
-    try:
-        meta = json.loads((Path(path) / META).read_text())
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path} is not an lmcli export ({META}: {e})") from None
-    if meta.get("format") != "lmcli-export":
-        raise RunDirError(f"{path} is not an lmcli export")
-    return meta
-
-
-def is_export_dir(path: Path) -> bool:
-    return (Path(path) / META).exists() and (Path(path) / "saved_model.pb").exists()

@@ -21,8 +21,9 @@ from lmcli.config import DataConfig
 from lmcli.data.pipeline import start_id
 from lmcli.data.tokenizer import Tokenizer
 from lmcli.errors import RunDirError
-from lmcli.exporting import is_export_dir, read_meta
-from lmcli.graph import InferenceGraph
+from lmcli.export_format import is_export_dir, read_meta
+from lmcli.model.backend import KerasBackend
+from lmcli.model.scoring import sums
 
 
 @dataclass(frozen=True)
@@ -34,37 +35,6 @@ class ModelInfo:
     data: DataConfig  # the run's saved data layout: eval scores a split exactly as training's validation did
     data_dir: str
     start_id: int
-
-
-def _sums(nll, top1, top5, mask) -> dict:
-    f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64))  # noqa: E731
-    return {"nll": nll, "nll_sum": f64(nll), "tokens": f64(mask), "top1": f64(top1), "top5": f64(top5)}
-
-
-class KerasBackend:
-    """A LanguageModel restored from a run dir's checkpoint."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self._score = tf.function(model.score, reduce_retracing=True)
-        self._step = tf.function(model.step, reduce_retracing=True)
-        self._prefill = tf.function(self._prefill_fn, reduce_retracing=True)
-
-    def _prefill_fn(self, ids, mask):
-        hidden, state = self.model(ids, mask=mask)  # (B, T, D); masked (left-padding) steps keep state
-        return tf.nn.log_softmax(self.model.full_logits(hidden[:, -1])), state  # (B, V)
-
-    def zero_state(self, batch_size: int) -> list:
-        return self.model.zero_state(batch_size)
-
-    def score(self, inputs, labels, mask, state=None) -> dict:
-        return self._score(inputs, labels, mask, state)
-
-    def prefill(self, ids, mask):
-        return self._prefill(ids, tf.constant(mask, tf.bool))
-
-    def step(self, ids, state):
-        return self._step(tf.constant(ids, tf.int32), state)
 
 
 class ExportBackend:
@@ -90,7 +60,7 @@ class ExportBackend:
         state = state if state is not None else self.zero_state(np.shape(inputs)[0])
         out = self.graph.score_batch(tf.constant(inputs, tf.int32), tf.constant(labels, tf.int32),
                                      tf.constant(mask, tf.float32), *[t for hc in state for t in hc])
-        return {**_sums(out["nll"], out["top1"], out["top5"], mask), "state": self._pairs(out)}
+        return {"nll": out["nll"], **sums(out, mask), "state": self._pairs(out)}
 
     def prefill(self, ids, mask):
         out = self.graph.prefill(tf.constant(ids, tf.int32), tf.constant(mask, tf.bool))
@@ -124,4 +94,4 @@ def open_model(path: Path, checkpoint: str = "best") -> tuple[Any, Tokenizer, Mo
     return KerasBackend(model), tokenizer, info
 
 
-__all__ = ["ExportBackend", "InferenceGraph", "KerasBackend", "ModelInfo", "open_model"]
+__all__ = ["ExportBackend", "KerasBackend", "ModelInfo", "open_model"]

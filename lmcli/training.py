@@ -22,10 +22,9 @@ from lmcli.config import RunConfig
 from lmcli.data.pipeline import make_batches
 from lmcli.data.shards import DataDir, open_data_dir
 from lmcli.errors import ConfigError, InputError, Interrupted, NumericalError, OutputError, RunDirError
-from lmcli.evaluation import score_split
 from lmcli.fileio import describe_os_error
-from lmcli.inference import KerasBackend
 from lmcli.model import build_model
+from lmcli.model.backend import KerasBackend
 from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
@@ -33,6 +32,7 @@ from lmcli.runlock import RunLock
 from lmcli.runlog import MetricsLog, Pending, Window
 from lmcli.schedules import learning_rate, plateau_decays
 from lmcli.signals import StopRequests
+from lmcli.validation import score_split
 
 FROZEN_SECTIONS = ("model", "data", "loss", "terms")  # what a resumed run may not change
 

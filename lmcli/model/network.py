@@ -19,6 +19,7 @@ from lmcli.losses.context import Clock, LossInputs
 from lmcli.model.embedding import WordEmbedding
 from lmcli.model.noise import EMBEDDING_DROPOUT, LAYER_DROPOUT, Noise
 from lmcli.model.output import OutputLayer
+from lmcli.model.scoring import sums, token_scores
 from lmcli.optim import merge_duplicate_rows
 
 State = list  # [(h (B, H), c (B, H)) per layer]
@@ -156,17 +157,9 @@ class LanguageModel(keras.Model):
         Returns a dict with per-token `nll` (B, T) (0 at padding), the sums `nll_sum`, `tokens`,
         `top1`, `top5` (float64 scalars) and the final `state`.
         """
-        maskf = tf.cast(mask, tf.float32)  # (B, T)
         hidden, new_state = self(inputs, initial_state=state, mask=tf.cast(mask, tf.bool))
-        logits = self.full_logits(hidden)  # (B, T, V)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # (B, T)
-        nll = tf.where(maskf > 0, nll, 0.0)
-        target = tf.gather(logits, labels, batch_dims=2)  # (B, T)
-        rank = tf.reduce_sum(tf.cast(logits > target[..., None], tf.int32), axis=-1)  # (B, T)
-        f64 = lambda t: tf.reduce_sum(tf.cast(t, tf.float64) * tf.cast(maskf, tf.float64))  # noqa: E731
-        return {"nll": nll, "nll_sum": tf.reduce_sum(tf.cast(nll, tf.float64)),
-                "tokens": tf.reduce_sum(tf.cast(maskf, tf.float64)), "top1": f64(rank < 1),
-                "top5": f64(rank < 5), "state": new_state}
+        scores = token_scores(self.full_logits(hidden), labels, mask)  # (B, T) each
+        return {"nll": scores["nll"], **sums(scores, tf.cast(mask, tf.float32)), "state": new_state}
 
     # ---- Keras steps ------------------------------------------------------------------------------
     def compile(self, optimizer, objective: Objective, clip_norm: float = 0.0, seed: int = 0,

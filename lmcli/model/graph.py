@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from lmcli.model.scoring import token_scores
+
 
 class InferenceGraph(tf.Module):
     """Pure-TF copy of a LanguageModel's weights and forward pass."""
@@ -124,15 +126,10 @@ class InferenceGraph(tf.Module):
             return out
 
         def score_batch(inputs, labels, mask, *state):
-            """lmcli eval's statistics (the same as LanguageModel.score) with a carried state."""
+            """lmcli eval's statistics (LanguageModel.score's maths, `token_scores`) with a carried state."""
             hidden, final = self._sequence(inputs, mask > 0, list(state))
-            logits = self._logits(hidden)  # (B, T, V)
-            maskf = tf.cast(mask, tf.float32)
-            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits) * maskf
-            target = tf.gather(logits, labels, batch_dims=2)
-            rank = tf.reduce_sum(tf.cast(logits > target[..., None], tf.int32), axis=-1)  # (B, T)
             out = dict(zip(self.state_names, final))
-            out.update(nll=nll, top1=tf.cast(rank < 1, tf.float32) * maskf, top5=tf.cast(rank < 5, tf.float32) * maskf)
+            out.update(token_scores(self._logits(hidden), labels, mask))  # nll, top1, top5: (B, T)
             return out
 
         self.log_probs = tf.function(log_probs, input_signature=[ids2])
