@@ -10,6 +10,7 @@ Exit codes (documented in the README):
     6   output error: an output exists (without --force), or writing it failed (disk full)
     7   numerical error: the loss became NaN or Inf
     8   run dir locked by another live process
+    9   out of memory: the configuration does not fit (found before allocating), or an allocation failed
     130 interrupted by SIGINT (a checkpoint was written)
     143 terminated by SIGTERM (a checkpoint was written)
 """
@@ -57,6 +58,12 @@ class LockError(LmcliError):
     """Another live process holds the run dir."""
 
     exit_code = 8
+
+
+class MemoryLimitError(LmcliError):
+    """The run does not fit in memory (estimated before allocating, or an allocation failed)."""
+
+    exit_code = 9
 
 
 class Interrupted(LmcliError):

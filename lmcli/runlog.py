@@ -24,16 +24,30 @@ SKIP = ("state",)  # step outputs that are not metrics
 
 
 class MetricsLog:
-    """metrics.jsonl plus TensorBoard scalars. On resume, records after the restored step are dropped."""
+    """metrics.jsonl plus TensorBoard scalars. On resume, records after the restored step are dropped.
+
+    Nothing is written before `open()` (the run's first checkpoint): records wait in memory, so a run that
+    fails before it leaves the run dir as it was.
+    """
 
     def __init__(self, paths: RunPaths, resume_step: int) -> None:
-        self.path = paths.metrics
+        self.paths, self.path, self.resume_step = paths, paths.metrics, resume_step
+        self.waiting: list[dict] = []
+        self.writer = None
+
+    def open(self) -> None:
         if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
+            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= self.resume_step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
-        self.writer = tf.summary.create_file_writer(str(paths.tensorboard))
+        self.writer = tf.summary.create_file_writer(str(self.paths.tensorboard))
+        for record in self.waiting:
+            self.write(record)
+        self.waiting = []
 
     def write(self, record: dict) -> None:
+        if self.writer is None:
+            self.waiting.append(record)
+            return
         try:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,18 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lmcli import __version__
+from lmcli import __version__, memory
 from lmcli.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
 from lmcli.config import RunConfig
 from lmcli.data.pipeline import make_batches
 from lmcli.data.shards import DataDir, open_data_dir
-from lmcli.errors import ConfigError, InputError, Interrupted, NumericalError, OutputError, RunDirError
-from lmcli.fileio import describe_os_error
+from lmcli.errors import ConfigError, InputError, Interrupted, NumericalError, RunDirError
 from lmcli.model import build_model
 from lmcli.model.backend import KerasBackend
 from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
+from lmcli.rundir import PendingRunDir
 from lmcli.runlock import RunLock
 from lmcli.runlog import MetricsLog, Pending, Window
 from lmcli.schedules import learning_rate, plateau_decays
@@ -66,8 +65,9 @@ class Trainer:
 
     REFRESH = 20  # steps between device reads when no log point or checkpoint comes sooner
 
-    def __init__(self, cfg: RunConfig, data: DataDir, paths: RunPaths, progress: Progress) -> None:
-        self.cfg, self.data, self.paths, self.progress = cfg, data, paths, progress
+    def __init__(self, cfg: RunConfig, data: DataDir, paths: RunPaths, progress: Progress,
+                 rundir: PendingRunDir) -> None:
+        self.cfg, self.data, self.paths, self.progress, self.rundir = cfg, data, paths, progress, rundir
         self.specials = {"bos_id": data.bos_id, "eos_id": data.eos_id, "pad_id": data.pad_id}
         self.train_split = data.split("train")
         self.valid_split = data.split("valid") if data.has_split("valid") else None
@@ -86,7 +86,7 @@ class Trainer:
                            len(self.train_split.ids))
         carry = (cfg.data.batch_size, cfg.model.hidden) if self.carries_state else None
         self.state = TrainingState(self.model, self.optimizer, carry, objective.variables())
-        self.latest, self.best = managers(self.state, paths, cfg.train.keep)
+        self._managers()
         self.train_fn = tf.function(self.model.train_step, reduce_retracing=True)
         self.scorer = KerasBackend(self.model)
         self.additive = {"loss", "strategy_loss", "grad_norm", *cfg.term_names}
@@ -112,7 +112,15 @@ class Trainer:
                               "use --restart to start over")
         return 0
 
+    def _managers(self) -> None:
+        self.latest, self.best = managers(self.state, self.paths, self.cfg.train.keep)
+
+    def _commit(self) -> None:
+        """Before the first checkpoint: the run dir's other files (see lmcli.rundir)."""
+        self.rundir.commit(self.log.open, self._managers)
+
     def save(self, epoch: int, batch: int, carry) -> None:
+        self._commit()
         s = self.state
         s.step.assign(self.step), s.epoch.assign(epoch), s.batch.assign(batch)
         if self.carries_state:
@@ -133,6 +141,7 @@ class Trainer:
             self.state.lr_decays.assign(plateau_decays(int(self.state.lr_decays.numpy()), ppl, best))
         if ppl < best:
             self.state.best.assign(ppl)
+            self._commit()
             save_checkpoint(self.best, self.step)
         return ppl
 
@@ -222,23 +231,33 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
           progress: Progress = Progress()) -> dict:
     """Train (or resume) the run in `run_dir` on `data_dir`. Returns a JSON-ready summary.
 
-    Holds the run dir's lock throughout; SIGTERM/SIGINT stop after the current step with a checkpoint.
+    The memory the run needs is estimated and checked before anything is allocated. Holds the run dir's lock
+    throughout; SIGTERM/SIGINT stop after the current step with a checkpoint. A failure before the first
+    checkpoint leaves the run dir as it was.
     """
     data = open_data_dir(data_dir)
     paths = RunPaths(Path(run_dir))
     _check_run_dir(paths)
     cfg = resolve_config(data, paths, overrides, restart)
-    with RunLock(paths.root), StopRequests() as stops:
-        if restart:
-            paths.clear()
-        trainer = Trainer(cfg, data, paths, progress)
-        trainer.restore()  # before anything in the run dir is (re)written
-        cfg.save(paths.config)
-        try:
-            shutil.copyfile(data.tokenizer_path, paths.tokenizer)
-        except OSError as e:
-            raise OutputError(describe_os_error(f"cannot write {paths.tokenizer}", e)) from None
-        return trainer.run(stops)
+    plan = memory.estimate(cfg, available=memory.available_bytes())
+    progress.log(f"memory: {plan.describe()}")
+    memory.check(plan)
+    rundir = PendingRunDir(paths, cfg, data.tokenizer_path, restart)
+    trainer = None
+    try:
+        with RunLock(paths.root), StopRequests() as stops:
+            trainer = Trainer(cfg, data, paths, progress, rundir)
+            if not restart:
+                trainer.restore()  # writes nothing: an unusable run dir is left as it was
+            result = trainer.run(stops)
+    except tf.errors.ResourceExhaustedError:
+        rundir.rollback()
+        where = f"at step {trainer.step + 1}" if trainer is not None else "while building the model"
+        raise memory.out_of_memory(plan, where) from None
+    except BaseException:
+        rundir.rollback()
+        raise
+    return {**result, "memory": plan.as_dict()}
 
 
 def _check_run_dir(paths: RunPaths) -> None:

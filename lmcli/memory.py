@@ -1,0 +1,108 @@
+"""Memory planned, not discovered: an estimate of what a run needs, made from its config before anything is
+allocated, checked against what the machine has.
+
+The estimate (bytes) is the TensorFlow runtime, plus the parameters, plus the optimizer's slots (Adam: 2 per
+parameter, Adagrad: 1, SGD: 0), plus the larger of one training step's transient tensors and one validation
+batch's. The training-step part was calibrated on this project's 2-core CPU machines (E = H = 512, batch
+32 x 35, peak RSS after 3 steps): full softmax at V = 32k / 100k with adam, lazy-adam and sgd, sampled at
+V = 32k / 100k with lazy-adam, adam and adagrad, TAPAS at 100k: every measured peak was 90% to 97% of the
+estimate (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from lmcli.config import RunConfig
+from lmcli.errors import MemoryLimitError  # noqa: F401 (re-exported for callers)
+
+RUNTIME = 750 * 2**20  # TensorFlow, Keras and the compiled step, measured on CPU
+SLOTS = {"adam": 2, "lazy-adam": 2, "adagrad": 1, "sgd": 0}
+DENSIFY = {"adam": 2.0, "adagrad": 1.5}  # per V x (E + D): Keras turns IndexedSlices into dense updates
+REDUCE = "--batch-size, --seq-len, --num-sampled, --proj-dim or --precision mixed-float16 / mixed-bfloat16"
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The estimate, in bytes, and what is available (None when it cannot be known)."""
+
+    parameters: int
+    optimizer_slots: int
+    training_step: int
+    validation: int
+    runtime: int = RUNTIME
+    available: Optional[int] = None
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.parameters + self.optimizer_slots + max(self.training_step, self.validation)
+
+    def describe(self) -> str:
+        parts = (f"parameters {self.parameters / GB:.2f}, optimizer {self.optimizer_slots / GB:.2f}, "
+                 f"training step {self.training_step / GB:.2f}, validation {self.validation / GB:.2f}, "
+                 f"runtime {self.runtime / GB:.2f}")
+        have = f"; {self.available / GB:.1f} GB available" if self.available else ""
+        return f"about {self.total / GB:.1f} GB ({parts}){have}"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    m = cfg.model
+    v, e, h, d = m.vocab_size, m.embedding_dim, m.hidden, m.output_dim
+    lstm = sum(4 * h * ((e if i == 0 else h) + h) + 4 * h for i in range(m.layers))
+    return v * e + lstm + (h * m.proj_dim) + (0 if m.tie_embeddings else v * d) + v + (
+        v if m.variational_embedding else 0)
+
+
+def estimate(cfg: RunConfig, replicas: int = 1, activation_bytes: int = 4,
+             available: Optional[int] = None) -> MemoryPlan:
+    """What one device needs for `cfg` with the global batch split over `replicas`."""
+    m, loss = cfg.model, cfg.loss
+    v, e, h, d = m.vocab_size, m.embedding_dim, m.hidden, m.output_dim
+    params = parameter_count(cfg)
+    n = max(1, cfg.data.batch_size // max(replicas, 1)) * (cfg.data.seq_len if cfg.data.padding == "pack"
+                                                         else cfg.data.max_len)  # tokens per replica step
+    if loss.name == "full":
+        output = 3 * n * v // 2 + v * d  # logits and their gradient (in part), the dense gradient of W
+    else:
+        kept = loss.num_resampled if loss.name == "tapas" else loss.num_sampled
+        output = 4 * n * (kept + 1) + 2 * loss.num_sampled * d + (n * loss.num_sampled if loss.name == "tapas" else 0)
+    output += DENSIFY.get(cfg.train.optimizer, 0.0) * v * (e + d)  # Keras Adam/Adagrad: dense V x D temporaries
+    terms = 4 * n * (v if loss.name == "full" else loss.num_sampled) if "embedding" in cfg.term_names else 0
+    lstm = 12 * n * h * m.layers + 4 * n * (e + d)
+    step = (output + terms + lstm) * activation_bytes
+    validation = 2 * n * v * 4  # full-softmax logits of one evaluation batch, and their log-softmax
+    return MemoryPlan(params * 4, SLOTS.get(cfg.train.optimizer, 2) * params * 4, step, validation,
+                      available=available)
+
+
+def available_bytes() -> Optional[int]:
+    """Memory the host can still give (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check(plan: MemoryPlan) -> None:
+    """A MemoryLimitError (exit 9) before anything is allocated when the estimate exceeds what is available."""
+    if plan.available is not None and plan.total > plan.available:
+        raise MemoryLimitError(f"this configuration needs {plan.describe()}: it does not fit; reduce {REDUCE}")
+
+
+def out_of_memory(plan: Optional[MemoryPlan], what: str) -> MemoryLimitError:
+    """The error for an allocation that failed during training."""
+    estimate_text = f"; the estimate was {plan.describe()}" if plan is not None else ""
+    return MemoryLimitError(f"out of memory {what}{estimate_text}; reduce {REDUCE}")
