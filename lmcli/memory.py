@@ -59,9 +59,9 @@ def parameter_count(cfg: RunConfig) -> int:
         v if m.variational_embedding else 0)
 
 
-def estimate(cfg: RunConfig, replicas: int = 1, activation_bytes: int = 4,
-             available: Optional[int] = None) -> MemoryPlan:
-    """What one device needs for `cfg` with the global batch split over `replicas`."""
+def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None) -> MemoryPlan:
+    """What one device needs for `cfg` with the global batch split over `replicas` (mixed precision halves the
+    LSTM activations; the output layer and the loss stay float32)."""
     m, loss = cfg.model, cfg.loss
     v, e, h, d = m.vocab_size, m.embedding_dim, m.hidden, m.output_dim
     params = parameter_count(cfg)
@@ -75,7 +75,7 @@ def estimate(cfg: RunConfig, replicas: int = 1, activation_bytes: int = 4,
     output += DENSIFY.get(cfg.train.optimizer, 0.0) * v * (e + d)  # Keras Adam/Adagrad: dense V x D temporaries
     terms = 4 * n * (v if loss.name == "full" else loss.num_sampled) if "embedding" in cfg.term_names else 0
     lstm = 12 * n * h * m.layers + 4 * n * (e + d)
-    step = (output + terms + lstm) * activation_bytes
+    step = (output + terms) * 4 + lstm * (4 if cfg.train.precision == "float32" else 2)
     validation = 2 * n * v * 4  # full-softmax logits of one evaluation batch, and their log-softmax
     return MemoryPlan(params * 4, SLOTS.get(cfg.train.optimizer, 2) * params * 4, step, validation,
                       available=available)

@@ -118,8 +118,43 @@ class LazyAdam(keras.optimizers.Optimizer):
         return config
 
 
+def _unscaled(grad, scale):
+    """grad / scale, IndexedSlices kept sparse."""
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values / tf.cast(scale, grad.values.dtype), grad.indices, grad.dense_shape)
+    return grad / tf.cast(scale, grad.dtype)
+
+
+class SparseLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling (for float16), with IndexedSlices gradients kept sparse.
+
+    Keras' own LossScaleOptimizer divides each gradient by the scale and checks it for inf/NaN with dense ops,
+    which turns a [V, D] IndexedSlices into a dense [V, D] tensor every step. Here both read only the slices'
+    values; the scale's schedule is Keras' (halve on a non-finite step, which is skipped; double after
+    `dynamic_growth_steps` finite ones).
+    """
+
+    def check_finite(self, grads) -> tf.Tensor:
+        values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+        return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in values]))
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables) -> None:
+        scale = self.dynamic_scale
+        self.inner_optimizer.apply([None if g is None else _unscaled(g, scale) for g in grads],
+                                   trainable_variables=trainable_variables)
+        grow = tf.equal(self.step_counter, self.dynamic_growth_steps - 1)
+        self.step_counter.assign(tf.where(grow, tf.zeros_like(self.step_counter), self.step_counter + 1))
+        self.dynamic_scale.assign(tf.where(grow, self.dynamic_scale * 2.0, self.dynamic_scale))
+
+
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimizer named by `cfg.optimizer`. Clipping is done by the model, on the global norm."""
+    """The optimizer named by `cfg.optimizer` (wrapped in dynamic loss scaling for mixed-float16). Clipping is
+    done by the model, on the global norm."""
+    optimizer = _base_optimizer(cfg)
+    return SparseLossScaleOptimizer(optimizer) if cfg.precision == "mixed-float16" else optimizer
+
+
+def _base_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=cfg.lr)
     if cfg.optimizer == "lazy-adam":

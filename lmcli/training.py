@@ -51,7 +51,7 @@ def resolve_config(data: DataDir, paths: RunPaths, overrides: dict[str, dict[str
                               "trained with; use the original data dir, or --restart")
         diffs = saved.differences(cfg, FROZEN_SECTIONS)
         diffs += [d for d in saved.differences(cfg, ("train",)) if d.split(":")[0] in
-                  ("train.optimizer", "train.seed")]
+                  ("train.optimizer", "train.seed", "train.precision")]
         if diffs:
             raise ConfigError(f"{paths.root} was trained with other settings ({'; '.join(diffs)}); "
                               "use --restart to start over, or another --run-dir")
@@ -78,7 +78,7 @@ class Trainer:
         total = cfg.train.epochs * self.per_epoch
         self.total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
         keras.utils.set_random_seed(cfg.train.seed)
-        self.model = build_model(cfg.model)
+        self.model = build_model(cfg.model, cfg.train.precision)
         self.optimizer = make_optimizer(cfg.train)
         self.optimizer.build(self.model.trainable_variables)
         objective = Objective.for_run(cfg, data.unigram_counts, self.model.extras_provided)

@@ -17,6 +17,7 @@ from lmcli.config import (
     OPTIMIZERS,
     PAD_SIDES,
     PADDINGS,
+    PRECISIONS,
     SAMPLERS,
     SECTIONS,
     TEMPERATURE_DECAYS,
@@ -28,8 +29,9 @@ from lmcli.config import (
 )
 
 M, DT, L, TM, T = ModelConfig(), DataConfig(), LossConfig(), TermsConfig(), TrainConfig()
-MODEL, LOSS, TERMS, DATA, OPTIM, RUN = ("Model", "Loss strategy", "Loss terms and regularisers", "Data layout",
-                                        "Optimisation and schedule", "Run, checkpoints and logs")
+MODEL, LOSS, TERMS, DATA, OPTIM, DEVICES, RUN = (
+    "Model", "Loss strategy", "Loss terms and regularisers", "Data layout", "Optimisation and schedule",
+    "Devices and precision", "Run, checkpoints and logs")
 ALIASES = {("loss", "name"): "loss"}  # config field -> option, where the names differ
 
 
@@ -126,6 +128,10 @@ def train(
                                                   OPTIM)] = None,
     min_lr: Annotated[Optional[float], _opt("The rate never goes below this.", T.min_lr, OPTIM)] = None,
     clip_norm: Annotated[Optional[float], _opt("Clip the global gradient norm; 0 = off.", T.clip_norm, OPTIM)] = None,
+    # devices and precision
+    precision: Annotated[Optional[str], _opt("Compute the LSTMs in half precision on float32 variables (the output "
+                                             "layer and the loss stay float32; float16 with loss scaling).",
+                                             T.precision, DEVICES, names=PRECISIONS)] = None,
     # run, checkpoints and logs
     epochs: Annotated[Optional[int], _opt("Epochs in all (a resumed run continues up to this).", T.epochs, RUN)] = None,
     max_steps: Annotated[Optional[int], _opt("Stop after this many steps in all; 0 = no limit.", T.max_steps,

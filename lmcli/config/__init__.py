@@ -14,6 +14,7 @@ from lmcli.config.sections import (
     OPTIMIZERS,
     PAD_SIDES,
     PADDINGS,
+    PRECISIONS,
     SAMPLERS,
     TEMPERATURE_DECAYS,
     DataConfig,
@@ -24,6 +25,6 @@ from lmcli.config.sections import (
 )
 
 __all__ = ["AUX_DISTANCES", "AUX_LOSSES", "ENCODING_ERRORS", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES",
-           "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS", "VOCAB_MAX",
-           "DataConfig", "GenerateConfig", "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig",
-           "TrainConfig"]
+           "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "PRECISIONS", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS",
+           "VOCAB_MAX", "DataConfig", "GenerateConfig", "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig",
+           "TermsConfig", "TrainConfig"]

@@ -19,6 +19,7 @@ TEMPERATURE_DECAYS = ("constant", "linear", "exponential", "cosine")
 AUX_LOSSES = ("embedding", "ar", "tar")  # terms a user names with --aux-loss (kl comes with --variational-embedding)
 AUX_DISTANCES = ("cosine", "mse")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
+PRECISIONS = ("float32", "mixed-float16", "mixed-bfloat16")
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class TrainConfig:
     lr_decay_every: int = 1  # step/exponential: epochs per division by --lr-decay
     min_lr: float = 0.0  # the rate never goes below this (after warmup)
     clip_norm: float = 1.0  # global gradient-norm clip; 0 = off
+    precision: str = "float32"  # float32 | mixed-float16 (with dynamic loss scaling) | mixed-bfloat16
     epochs: int = 1
     max_steps: int = 0  # stop after this many steps in all; 0 = no limit
     seed: int = 1234
@@ -173,6 +175,7 @@ class TrainConfig:
         if self.min_lr > self.lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
         non_negative("--clip-norm", self.clip_norm)
+        choice("--precision", self.precision, PRECISIONS)
         positive("--epochs", self.epochs)
         if self.max_steps < 0:
             raise ConfigError(f"--max-steps must be >= 0, got {self.max_steps}")

@@ -31,8 +31,13 @@ class LanguageModel(keras.Model):
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden: int, layers: int = 1,
                  proj_dim: int = 0, dropout: float = 0.0, tie_embeddings: bool = False,
-                 embedding_dropout: float = 0.0, variational_embedding: bool = False, **kwargs) -> None:
+                 embedding_dropout: float = 0.0, variational_embedding: bool = False, precision: str = "float32",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
+        # mixed-*: the LSTMs and the projection compute in half precision on float32 variables; the embedding, the
+        # output layer, the losses and everything evaluation, generation and exports use stay float32.
+        self.precision = precision
+        half = None if precision == "float32" else keras.DTypePolicy(precision.replace("-", "_"))
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.hidden = hidden
@@ -48,8 +53,8 @@ class LanguageModel(keras.Model):
                                        name="embedding")
         for i in range(layers):  # one attribute per layer: a plain list is invisible to tf.train.Checkpoint
             setattr(self, f"lstm_{i}", keras.layers.LSTM(hidden, return_sequences=True, return_state=True,
-                                                         name=f"lstm_{i}"))
-        self.projection = (keras.layers.Dense(proj_dim, use_bias=False, name="projection")
+                                                         name=f"lstm_{i}", dtype=half))
+        self.projection = (keras.layers.Dense(proj_dim, use_bias=False, name="projection", dtype=half)
                            if proj_dim else None)
         self.output_layer = OutputLayer(vocab_size, self.output_dim, tied=tie_embeddings, name="output")
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -60,15 +65,15 @@ class LanguageModel(keras.Model):
         self.train_tokens = 0
 
     @classmethod
-    def from_model_config(cls, cfg: ModelConfig) -> "LanguageModel":
+    def from_model_config(cls, cfg: ModelConfig, precision: str = "float32") -> "LanguageModel":
         return cls(cfg.vocab_size, cfg.embedding_dim, cfg.hidden, cfg.layers, cfg.proj_dim, cfg.dropout,
-                   cfg.tie_embeddings, cfg.embedding_dropout, cfg.variational_embedding)
+                   cfg.tie_embeddings, cfg.embedding_dropout, cfg.variational_embedding, precision)
 
     def get_config(self) -> dict:
         return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim, "hidden": self.hidden,
                 "layers": self.num_layers, "proj_dim": self.proj_dim, "dropout": self.dropout,
                 "tie_embeddings": self.tie_embeddings, "embedding_dropout": self.embedding_dropout,
-                "variational_embedding": self.variational_embedding, "name": self.name}
+                "variational_embedding": self.variational_embedding, "precision": self.precision, "name": self.name}
 
     # ---- building blocks -------------------------------------------------------------------------
     @property
@@ -125,7 +130,9 @@ class LanguageModel(keras.Model):
             states.append((h, c))
         if self.projection is not None:
             x = self.projection(x)  # (B, T, D)
-        return x, states, {"raw_hidden": raw, **self.embedding.extras()}
+        f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731 (a no-op in float32)
+        states = [(f32(h), f32(c)) for h, c in states]
+        return f32(x), states, {"raw_hidden": f32(raw), **self.embedding.extras()}
 
     def call(self, inputs: tf.Tensor, initial_state: Optional[State] = None, mask: Optional[tf.Tensor] = None,
              training: bool = False, noise: Optional[Noise] = None):
@@ -203,14 +210,17 @@ class LanguageModel(keras.Model):
         """
         with tf.GradientTape() as tape:
             loss, sums, facts, state = self.compute_objective(data)
+            scaled = self.optimizer.scale_loss(loss)  # float16: times the dynamic loss scale; else the loss
         variables = self.trainable_variables
-        grads = [merge_duplicate_rows(g) for g in tape.gradient(loss, variables)]
+        grads = [merge_duplicate_rows(g) for g in tape.gradient(scaled, variables)]
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
-        grad_norm = tf.linalg.global_norm(grads)
+        scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)  # what scale_loss multiplied by
+        grad_norm = tf.linalg.global_norm(grads)  # of the scaled gradients: clipped at clip_norm * scale
         if self.clip_norm > 0:
-            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=grad_norm)
-        self.optimizer.apply(grads, variables)
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm * scale, use_norm=grad_norm)
+        grad_norm = grad_norm / scale
+        self.optimizer.apply(grads, variables)  # a loss-scale optimizer unscales them (and skips non-finite ones)
         tokens = tf.reduce_sum(tf.cast(data["mask"], tf.float32))
         self.loss_tracker.update_state(loss, sample_weight=tokens)
         logs = {**sums, **facts, "tokens": tokens, "grad_norm": grad_norm}
@@ -226,8 +236,8 @@ class LanguageModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
 
-def build_model(cfg: ModelConfig) -> LanguageModel:
-    """A built (variables created) LanguageModel for `cfg`."""
-    model = LanguageModel.from_model_config(cfg)
+def build_model(cfg: ModelConfig, precision: str = "float32") -> LanguageModel:
+    """A built (variables created) LanguageModel for `cfg`, computing in `precision` (training only)."""
+    model = LanguageModel.from_model_config(cfg, precision)
     model.build()
     return model
