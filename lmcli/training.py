@@ -19,10 +19,12 @@ from lmcli import __version__, memory
 from lmcli.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
 from lmcli.config import RunConfig
 from lmcli.data.pipeline import make_batches
+from lmcli.data.prefetch import Prefetch
 from lmcli.data.shards import DataDir, open_data_dir
 from lmcli.errors import ConfigError, InputError, Interrupted, NumericalError, RunDirError
 from lmcli.model import build_model
 from lmcli.model.backend import KerasBackend
+from lmcli.model.kernel import lstm_kernel
 from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
@@ -71,7 +73,9 @@ class Trainer:
         self.specials = {"bos_id": data.bos_id, "eos_id": data.eos_id, "pad_id": data.pad_id}
         self.train_split = data.split("train")
         self.valid_split = data.split("valid") if data.has_split("valid") else None
-        layout = make_batches(self.train_split, cfg.data, self.specials, cfg.train.seed, 0)
+        self.kernel, self.layout = lstm_kernel(cfg.data)
+        progress.log(f"LSTM kernel: {self.kernel}")
+        layout = make_batches(self.train_split, self.layout, self.specials, cfg.train.seed, 0)
         self.per_epoch, self.carries_state = len(layout), layout.carries_state
         if self.per_epoch == 0:
             raise InputError(f"{data.path}: the train split has no tokens")
@@ -133,7 +137,7 @@ class Trainer:
         schedule's count of epochs without progress."""
         if self.valid_split is None:
             return None
-        sums = score_split(self.scorer, self.valid_split, self.cfg.data, self.specials, self.progress, "valid")
+        sums = score_split(self.scorer, self.valid_split, self.layout, self.specials, self.progress, "valid")
         nll = sums["nll_sum"] / max(sums["tokens"], 1.0)
         ppl, best = math.exp(nll), float(self.state.best.numpy())
         self.log.write({"event": "valid", "step": self.step, "epoch": epoch + 1, "perplexity": ppl, "nll": nll})
@@ -169,6 +173,7 @@ class Trainer:
                 "best_valid_perplexity": _finite(float(self.state.best.numpy())),
                 "tokens_trained": int(self.tokens_run), "seconds": seconds,
                 "tokens_per_s": self.tokens_run / seconds if seconds else 0.0, "loss": cfg.loss.name,
+                "lstm_kernel": self.kernel,
                 "terms": list(cfg.term_names)}
 
     def _zero(self):
@@ -177,13 +182,16 @@ class Trainer:
     def _epoch(self, epoch: int, first: int, stops: StopRequests, limit: float) -> bool:
         """Batches `first`.. of `epoch` (until `limit` steps); True when the epoch is complete."""
         cfg = self.cfg
-        batches = make_batches(self.train_split, cfg.data, self.specials, cfg.train.seed, epoch)
+        batches = make_batches(self.train_split, self.layout, self.specials, cfg.train.seed, epoch)
         carry = self.state.get_carry() if (self.carries_state and first) else self._zero()
         k = first
-        with self.progress.task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=first) as task:
-            while k < len(batches) and self.step < limit:
-                carry = self._step(batches[k], carry, epoch + k / len(batches))
-                k += 1
+        with self.progress.task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=first) as task, \
+                Prefetch(batches, first) as ahead:
+            for at, batch in ahead:
+                if self.step >= limit:
+                    break
+                carry = self._step(batch, carry, epoch + at / len(batches))
+                k = at + 1
                 task.update(1)
                 if self.step % cfg.train.log_every == 0 or len(self.pending) >= self.REFRESH:
                     self._read(task, epoch)

@@ -164,7 +164,7 @@ class LanguageModel(keras.Model):
         Returns a dict with per-token `nll` (B, T) (0 at padding), the sums `nll_sum`, `tokens`,
         `top1`, `top5` (float64 scalars) and the final `state`.
         """
-        hidden, new_state = self(inputs, initial_state=state, mask=tf.cast(mask, tf.bool))
+        hidden, new_state = self(inputs, initial_state=state, mask=lstm_mask(mask, state))
         scores = token_scores(self.full_logits(hidden), labels, mask)  # (B, T) each
         return {"nll": scores["nll"], **sums(scores, tf.cast(mask, tf.float32)), "state": new_state}
 
@@ -193,7 +193,8 @@ class LanguageModel(keras.Model):
         mask = tf.cast(data["mask"], tf.float32)  # (B, T)
         step = tf.cast(data.get("step", self.optimizer.iterations), tf.int64)
         noise = Noise(self.seed, step, data.get("row_offset", 0), data.get("global_rows", 0))
-        hidden, state, extras = self.forward(data["inputs"], data.get("state"), mask > 0, noise)
+        hidden, state, extras = self.forward(data["inputs"], data.get("state"), lstm_mask(mask, data.get("state")),
+                                             noise)
         w, b = self.output_weights()
         inputs = LossInputs(w, b, tf.reshape(hidden, [-1, self.output_dim]),  # (N, D)
                             tf.reshape(data["labels"], [-1]), tf.reshape(mask, [-1]),  # (N,), (N,)
@@ -234,6 +235,17 @@ class LanguageModel(keras.Model):
         loss = tf.cast(tf.math.divide_no_nan(stats["nll_sum"], stats["tokens"]), tf.float32)
         self.loss_tracker.update_state(loss, sample_weight=tf.cast(stats["tokens"], tf.float32))
         return {"loss": self.loss_tracker.result()}
+
+
+def lstm_mask(mask: tf.Tensor, state: Optional[State]) -> Optional[tf.Tensor]:
+    """The mask the LSTMs see: none for a window of a packed stream (a carried state is given), the batch's mask
+    otherwise.
+
+    In a packed stream padding only ever follows a row's last token, at the end of the epoch, where the carried
+    state is dropped; running the LSTM over it changes no loss and no metric (they read the loss mask), and keeps
+    every mask right-padded with no fully masked row, as the cuDNN kernel requires.
+    """
+    return None if state is not None else tf.cast(mask, tf.bool)
 
 
 def build_model(cfg: ModelConfig, precision: str = "float32") -> LanguageModel:
