@@ -11,6 +11,7 @@ Exit codes (documented in the README):
     7   numerical error: the loss became NaN or Inf
     8   run dir locked by another live process
     9   out of memory: the configuration does not fit (found before allocating), or an allocation failed
+    10  another worker of a multi-worker run failed or could not be reached
     130 interrupted by SIGINT (a checkpoint was written)
     143 terminated by SIGTERM (a checkpoint was written)
 """
@@ -64,6 +65,12 @@ class MemoryLimitError(LmcliError):
     """The run does not fit in memory (estimated before allocating, or an allocation failed)."""
 
     exit_code = 9
+
+
+class PeerError(LmcliError):
+    """Another worker of a multi-worker run stopped or cannot be reached."""
+
+    exit_code = 10
 
 
 class Interrupted(LmcliError):

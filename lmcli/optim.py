@@ -150,8 +150,19 @@ class SparseLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     """The optimizer named by `cfg.optimizer` (wrapped in dynamic loss scaling for mixed-float16). Clipping is
     done by the model, on the global norm."""
-    optimizer = _base_optimizer(cfg)
+    optimizer = no_reduce(_base_optimizer(cfg))
     return SparseLossScaleOptimizer(optimizer) if cfg.precision == "mixed-float16" else optimizer
+
+
+def no_reduce(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """An optimizer that applies gradients as it gets them under tf.distribute.
+
+    Keras' TensorFlow optimizers sum the replicas' gradients inside `apply` (`_all_reduce_sum_gradients`,
+    called before the per-variable update in a merge call). lmcli's train_step reduces them itself first, to clip
+    their global norm, so a second sum would multiply them by the replica count.
+    """
+    optimizer._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
+    return optimizer
 
 
 def _base_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:

@@ -11,14 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Optional
 
 
-def import_tensorflow(quiet: bool = True) -> None:
+def import_tensorflow(quiet: bool = True, setup: Optional[Callable[[], None]] = None) -> None:
+    """Import TensorFlow; `setup` runs right after the import, before any op (device layout, a multi-worker
+    strategy: TensorFlow allows them only then)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not quiet or os.environ.get("LMCLI_DEBUG"):
+        if setup is not None:
+            setup()
         return
     if "tensorflow" not in sys.modules:
-        _import_silently()
+        _import_silently(setup)
     import tensorflow as tf
 
     # Python-side WARNINGs, e.g. "unrestored values" when a checkpoint that cannot be read is collected,
@@ -26,7 +32,7 @@ def import_tensorflow(quiet: bool = True) -> None:
     tf.get_logger().setLevel(logging.ERROR)
 
 
-def _import_silently() -> None:
+def _import_silently(setup: Optional[Callable[[], None]] = None) -> None:
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -35,6 +41,8 @@ def _import_silently() -> None:
         import keras
         import tensorflow as tf
 
+        if setup is not None:
+            setup()
         tf.config.list_physical_devices()
         keras.layers.LSTM(1)(tf.zeros([1, 1, 1]), mask=tf.constant([[True]]))
     finally:

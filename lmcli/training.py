@@ -1,39 +1,26 @@
-"""Build data + model from configs, run the training loop, checkpoint, log metrics, resume exactly.
-
-The loop is our own (not `fit`) so that a run resumes at the exact batch of the exact epoch, with the
-carried LSTM state, and checkpoints every `checkpoint_every` steps as well as at each epoch end.
-"""
+"""`train`: resolve a run's config, plan its memory, pick its tf.distribute strategy, lock its run dir and run
+the Trainer (`lmcli.trainer`); a failure before the first checkpoint leaves the run dir as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
-import time
 from pathlib import Path
 from typing import Any
 
-import keras
 import tensorflow as tf
 
 from lmcli import __version__, memory
-from lmcli.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
+from lmcli.checkpoints import RunPaths, short_error
 from lmcli.config import RunConfig
-from lmcli.data.pipeline import make_batches
-from lmcli.data.prefetch import Prefetch
 from lmcli.data.shards import DataDir, open_data_dir
-from lmcli.errors import ConfigError, InputError, Interrupted, NumericalError, RunDirError
-from lmcli.model import build_model
-from lmcli.model.backend import KerasBackend
-from lmcli.model.kernel import lstm_kernel
-from lmcli.objective import Objective
-from lmcli.optim import make_optimizer
+from lmcli.distribution import check_batch, make_cluster
+from lmcli.errors import ConfigError, PeerError, RunDirError
 from lmcli.progress import Progress
 from lmcli.rundir import PendingRunDir
 from lmcli.runlock import RunLock
-from lmcli.runlog import MetricsLog, Pending, Window
-from lmcli.schedules import learning_rate, plateau_decays
 from lmcli.signals import StopRequests
-from lmcli.validation import score_split
+from lmcli.trainer import Trainer
 
 FROZEN_SECTIONS = ("model", "data", "loss", "terms")  # what a resumed run may not change
 
@@ -61,200 +48,28 @@ def resolve_config(data: DataDir, paths: RunPaths, overrides: dict[str, dict[str
     return cfg
 
 
-class Trainer:
-    """The loop over (epoch, batch) with checkpoints, validation, metrics, the LR schedule, signals and the NaN
-    guard. `run` walks the epochs, `_epoch` the batches of one, `_step` runs one step."""
-
-    REFRESH = 20  # steps between device reads when no log point or checkpoint comes sooner
-
-    def __init__(self, cfg: RunConfig, data: DataDir, paths: RunPaths, progress: Progress,
-                 rundir: PendingRunDir) -> None:
-        self.cfg, self.data, self.paths, self.progress, self.rundir = cfg, data, paths, progress, rundir
-        self.specials = {"bos_id": data.bos_id, "eos_id": data.eos_id, "pad_id": data.pad_id}
-        self.train_split = data.split("train")
-        self.valid_split = data.split("valid") if data.has_split("valid") else None
-        self.kernel, self.layout = lstm_kernel(cfg.data)
-        progress.log(f"LSTM kernel: {self.kernel}")
-        layout = make_batches(self.train_split, self.layout, self.specials, cfg.train.seed, 0)
-        self.per_epoch, self.carries_state = len(layout), layout.carries_state
-        if self.per_epoch == 0:
-            raise InputError(f"{data.path}: the train split has no tokens")
-        total = cfg.train.epochs * self.per_epoch
-        self.total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-        keras.utils.set_random_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, cfg.train.precision)
-        self.optimizer = make_optimizer(cfg.train)
-        self.optimizer.build(self.model.trainable_variables)
-        objective = Objective.for_run(cfg, data.unigram_counts, self.model.extras_provided)
-        self.model.compile(self.optimizer, objective, cfg.train.clip_norm, cfg.train.seed, self.total,
-                           len(self.train_split.ids))
-        carry = (cfg.data.batch_size, cfg.model.hidden) if self.carries_state else None
-        self.state = TrainingState(self.model, self.optimizer, carry, objective.variables())
-        self._managers()
-        self.train_fn = tf.function(self.model.train_step, reduce_retracing=True)
-        self.scorer = KerasBackend(self.model)
-        self.additive = {"loss", "strategy_loss", "grad_norm", *cfg.term_names}
-        self.step = 0
-        self.last_saved = -1
-
-    def restore(self) -> int:
-        """Resume from the newest readable checkpoint (an unreadable one is skipped with a warning).
-
-        Call it before `run`; it writes nothing, so an unusable run dir is left as it was.
-        """
-        newest = ""
-        for prefix in reversed(self.latest.checkpoints):
-            why = _restore(self.state, prefix)
-            if why is not None:
-                self.progress.log(f"warning: skipping checkpoint {prefix}: cannot read it: {why}")
-                newest = newest or f"{Path(prefix).name}: {why}"
-                continue
-            self.step = self.last_saved = int(self.state.step.numpy())
-            return self.step
-        if self.latest.checkpoints:
-            raise RunDirError(f"no readable checkpoint in {self.paths.checkpoints} ({newest}); "
-                              "use --restart to start over")
-        return 0
-
-    def _managers(self) -> None:
-        self.latest, self.best = managers(self.state, self.paths, self.cfg.train.keep)
-
-    def _commit(self) -> None:
-        """Before the first checkpoint: the run dir's other files (see lmcli.rundir)."""
-        self.rundir.commit(self.log.open, self._managers)
-
-    def save(self, epoch: int, batch: int, carry) -> None:
-        self._commit()
-        s = self.state
-        s.step.assign(self.step), s.epoch.assign(epoch), s.batch.assign(batch)
-        if self.carries_state:
-            s.set_carry(carry)
-        save_checkpoint(self.latest, self.step)
-        self.last_saved = self.step
-
-    def validate(self, epoch: int, epoch_end: bool) -> float | None:
-        """Full-softmax validation perplexity; updates the best checkpoint and, at an epoch end, the plateau
-        schedule's count of epochs without progress."""
-        if self.valid_split is None:
-            return None
-        sums = score_split(self.scorer, self.valid_split, self.layout, self.specials, self.progress, "valid")
-        nll = sums["nll_sum"] / max(sums["tokens"], 1.0)
-        ppl, best = math.exp(nll), float(self.state.best.numpy())
-        self.log.write({"event": "valid", "step": self.step, "epoch": epoch + 1, "perplexity": ppl, "nll": nll})
-        if epoch_end:
-            self.state.lr_decays.assign(plateau_decays(int(self.state.lr_decays.numpy()), ppl, best))
-        if ppl < best:
-            self.state.best.assign(ppl)
-            self._commit()
-            save_checkpoint(self.best, self.step)
-        return ppl
-
-    def run(self, stops: StopRequests) -> dict:
-        cfg, t0, start_step = self.cfg, time.monotonic(), self.step
-        epoch, first = int(self.state.epoch.numpy()), int(self.state.batch.numpy())
-        self.log, self.window, self.pending = MetricsLog(self.paths, self.step), Window(), Pending()
-        self.tokens_run, self.train_ppl = 0.0, float("nan")
-        if self.step:
-            self.progress.log(f"resuming {self.paths.root} at step {self.step} (epoch {epoch + 1}, batch {first})")
-        valid_ppl, limit = None, cfg.train.max_steps or float("inf")
-        while epoch < cfg.train.epochs and self.step < limit:
-            if self._epoch(epoch, first, stops, limit):  # the whole epoch: validate, then "next epoch, batch 0"
-                valid_ppl = self.validate(epoch, epoch_end=True)
-                if valid_ppl is not None:
-                    self.progress.log(f"epoch {epoch + 1}: step {self.step}, train ppl {self.train_ppl:.2f}, "
-                                      f"valid ppl {valid_ppl:.2f}")
-                epoch, first = epoch + 1, 0
-                self.save(epoch, 0, self._zero())
-            else:
-                valid_ppl = self.validate(epoch, epoch_end=False)
-        seconds = time.monotonic() - t0
-        return {"run_dir": str(self.paths.root), "steps": self.step, "resumed_from_step": start_step,
-                "epochs_completed": epoch, "train_perplexity": _finite(self.train_ppl), "valid_perplexity": valid_ppl,
-                "best_valid_perplexity": _finite(float(self.state.best.numpy())),
-                "tokens_trained": int(self.tokens_run), "seconds": seconds,
-                "tokens_per_s": self.tokens_run / seconds if seconds else 0.0, "loss": cfg.loss.name,
-                "lstm_kernel": self.kernel,
-                "terms": list(cfg.term_names)}
-
-    def _zero(self):
-        return self.model.zero_state(self.cfg.data.batch_size) if self.carries_state else None
-
-    def _epoch(self, epoch: int, first: int, stops: StopRequests, limit: float) -> bool:
-        """Batches `first`.. of `epoch` (until `limit` steps); True when the epoch is complete."""
-        cfg = self.cfg
-        batches = make_batches(self.train_split, self.layout, self.specials, cfg.train.seed, epoch)
-        carry = self.state.get_carry() if (self.carries_state and first) else self._zero()
-        k = first
-        with self.progress.task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=len(batches), completed=first) as task, \
-                Prefetch(batches, first) as ahead:
-            for at, batch in ahead:
-                if self.step >= limit:
-                    break
-                carry = self._step(batch, carry, epoch + at / len(batches))
-                k = at + 1
-                task.update(1)
-                if self.step % cfg.train.log_every == 0 or len(self.pending) >= self.REFRESH:
-                    self._read(task, epoch)
-                if (self.step % cfg.train.checkpoint_every == 0 or stops.requested
-                        or (self.step >= limit and k < len(batches))):
-                    self._read(task, epoch)
-                    self.save(epoch, k, carry)
-                if stops.requested:
-                    raise Interrupted(f"stopped by {stops.name} at step {self.step}; checkpoint written, "
-                                      "rerun the same command to resume", stops.exit_code)
-            self._read(task, epoch)
-        return k >= len(batches)
-
-    def _step(self, batch, carry, epoch: float):
-        """One optimiser step at the scheduled rate; its outputs wait in `pending`. Returns the carried state."""
-        rate = learning_rate(self.cfg.train, self.step, epoch, self.total, int(self.state.lr_decays.numpy()))
-        self.optimizer.learning_rate = rate
-        feed = {**batch.as_dict(), "step": tf.constant(self.step, tf.int64), "epoch": tf.constant(epoch, tf.float32)}
-        if self.carries_state:
-            feed["state"] = carry
-        out = self.train_fn(feed)
-        self.step += 1
-        self.pending.add(self.step, out, {"lr": rate})
-        return out.get("state")
-
-    def _read(self, task, epoch: int) -> None:
-        """Read the pending steps: the NaN guard (naming the first bad step), the window, metrics records."""
-        for step, values in self.pending.fetch():
-            if not math.isfinite(values["loss"]):
-                kept = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved >= 0
-                        else "no checkpoint was written yet")
-                raise NumericalError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); "
-                                     f"{kept}; try a lower --lr or a --clip-norm, then rerun to resume")
-            self.window.add(values, self.additive)
-            self.tokens_run += values["tokens"]
-            if step % self.cfg.train.log_every == 0:
-                self.log.write({"event": "train", "step": step, "epoch": epoch + 1, **self.window.record()})
-                self.train_ppl, self.window = self.window.perplexity, Window()
-        if self.window.tokens:
-            self.train_ppl = self.window.perplexity
-            task.update(0, step=self.step, loss=self.window.mean("loss"), ppl=self.train_ppl, tok_s=self.window.rate)
-
-
 def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], restart: bool = False,
           progress: Progress = Progress()) -> dict:
     """Train (or resume) the run in `run_dir` on `data_dir`. Returns a JSON-ready summary.
 
-    The memory the run needs is estimated and checked before anything is allocated. Holds the run dir's lock
-    throughout; SIGTERM/SIGINT stop after the current step with a checkpoint. A failure before the first
-    checkpoint leaves the run dir as it was.
+    The memory the run needs is estimated and checked before anything is allocated. The chief holds the run
+    dir's lock throughout; SIGTERM/SIGINT stop after the current step with a checkpoint (every worker at the
+    same step). A failure before the first checkpoint leaves the run dir as it was.
     """
     data = open_data_dir(data_dir)
     paths = RunPaths(Path(run_dir))
     _check_run_dir(paths)
     cfg = resolve_config(data, paths, overrides, restart)
-    plan = memory.estimate(cfg, available=memory.available_bytes())
+    cluster = make_cluster(cfg.train.distribute, cfg.train.devices, cfg.train.worker_timeout)
+    check_batch(cfg.data.batch_size, cfg.data.padding, cluster.replicas)
+    plan = memory.estimate(cfg, replicas=cluster.replicas, available=memory.available_bytes())
     progress.log(f"memory: {plan.describe()}")
     memory.check(plan)
     rundir = PendingRunDir(paths, cfg, data.tokenizer_path, restart)
     trainer = None
     try:
-        with RunLock(paths.root), StopRequests() as stops:
-            trainer = Trainer(cfg, data, paths, progress, rundir)
+        with (RunLock(paths.root) if cluster.is_chief else contextlib.nullcontext()), StopRequests() as stops:
+            trainer = Trainer(cfg, data, paths, progress, rundir, cluster)
             if not restart:
                 trainer.restore()  # writes nothing: an unusable run dir is left as it was
             result = trainer.run(stops)
@@ -262,10 +77,29 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
         rundir.rollback()
         where = f"at step {trainer.step + 1}" if trainer is not None else "while building the model"
         raise memory.out_of_memory(plan, where) from None
+    except PEER_FAILURES as e:
+        rundir.rollback()
+        if cluster.workers == 1:
+            raise
+        raise peer_failure(e, trainer) from None
     except BaseException:
         rundir.rollback()
         raise
+    finally:
+        if trainer is not None:
+            trainer.close()
     return {**result, "memory": plan.as_dict()}
+
+
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                 tf.errors.CancelledError, tf.errors.InternalError)
+
+
+def peer_failure(e: Exception, trainer) -> PeerError:
+    saved = f"the last checkpoint is step {trainer.last_saved}" if trainer and trainer.last_saved >= 0 else \
+        "no checkpoint was written"
+    return PeerError(f"another worker stopped or cannot be reached ({short_error(e)[:200]}); {saved}: rerun "
+                     "every worker to resume")
 
 
 def _check_run_dir(paths: RunPaths) -> None:
@@ -279,16 +113,3 @@ def _check_run_dir(paths: RunPaths) -> None:
         if ours:
             raise RunDirError(f"--run-dir {root} is not an lmcli run dir (no config.json) but has "
                               f"{', '.join(ours)}; refusing to write into it, give a new or empty directory")
-
-
-def _restore(state: TrainingState, prefix: str) -> str | None:
-    """Restore `prefix` into `state`; returns why it cannot be read, or None once it is restored."""
-    try:
-        state.checkpoint.restore(prefix).assert_existing_objects_matched()
-    except Exception as e:  # noqa: BLE001 - any failure to read a checkpoint means it is unusable
-        return short_error(e)
-    return None
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None

@@ -84,3 +84,15 @@ def tiny_run(tiny_data_dir, tmp_path_factory) -> Callable[..., Path]:
         return runs[key]
 
     return get
+
+
+def _two_cpu_devices() -> None:
+    """Two logical CPU devices for the whole session, set before TensorFlow starts, so that mirrored training runs
+    in-process (`--devices cpu:0,cpu:1`); everything else keeps using the first."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+_two_cpu_devices()

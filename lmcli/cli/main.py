@@ -90,10 +90,22 @@ def guarded(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if fn.__name__ != "prepare":
-            import_tensorflow(quiet=not _verbose["on"])
+            setup = (lambda: _prepare_devices(kwargs)) if fn.__name__ == "train" else None
+            import_tensorflow(quiet=not _verbose["on"], setup=setup)
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _prepare_devices(options: dict) -> None:
+    """Before TensorFlow runs an op: split the CPU for --devices cpu:0,cpu:1,..., and create a multi-worker strategy
+    (TensorFlow refuses one after its runtime has started)."""
+    from lmcli.distribution import configure_cpu_devices, make_cluster, resolve_kind
+
+    devices = options.get("devices") or ""
+    configure_cpu_devices(devices)
+    if resolve_kind(options.get("distribute") or "auto") == "multi-worker":
+        make_cluster("multi-worker", devices, options.get("worker_timeout") or 300.0)
 
 
 def _register() -> None:

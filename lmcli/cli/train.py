@@ -12,6 +12,7 @@ from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, 
 from lmcli.config import (
     AUX_DISTANCES,
     AUX_LOSSES,
+    DISTRIBUTES,
     LOSSES,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -132,6 +133,13 @@ def train(
     precision: Annotated[Optional[str], _opt("Compute the LSTMs in half precision on float32 variables (the output "
                                              "layer and the loss stay float32; float16 with loss scaling).",
                                              T.precision, DEVICES, names=PRECISIONS)] = None,
+    distribute: Annotated[Optional[str], _opt("auto = multi-worker when TF_CONFIG is set, mirrored when more than "
+                                              "one GPU is visible, else none.", T.distribute, DEVICES,
+                                              names=DISTRIBUTES)] = None,
+    devices: Annotated[Optional[str], _opt("mirrored: the devices, comma-separated (gpu:0,gpu:1; cpu:0,cpu:1 "
+                                           "splits the CPU); empty = every GPU.", "every GPU", DEVICES)] = None,
+    worker_timeout: Annotated[Optional[float], _opt("multi-worker: seconds to wait for another worker before "
+                                                    "failing.", T.worker_timeout, DEVICES)] = None,
     # run, checkpoints and logs
     epochs: Annotated[Optional[int], _opt("Epochs in all (a resumed run continues up to this).", T.epochs, RUN)] = None,
     max_steps: Annotated[Optional[int], _opt("Stop after this many steps in all; 0 = no limit.", T.max_steps,

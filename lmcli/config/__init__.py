@@ -9,6 +9,7 @@ from lmcli.config.run import SECTIONS, RunConfig
 from lmcli.config.sections import (
     AUX_DISTANCES,
     AUX_LOSSES,
+    DISTRIBUTES,
     LOSSES,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -24,7 +25,7 @@ from lmcli.config.sections import (
     TrainConfig,
 )
 
-__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "ENCODING_ERRORS", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES",
+__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "DISTRIBUTES", "ENCODING_ERRORS", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES",
            "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "PRECISIONS", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS",
            "VOCAB_MAX", "DataConfig", "GenerateConfig", "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig",
            "TermsConfig", "TrainConfig"]

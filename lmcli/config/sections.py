@@ -20,6 +20,7 @@ AUX_LOSSES = ("embedding", "ar", "tar")  # terms a user names with --aux-loss (k
 AUX_DISTANCES = ("cosine", "mse")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 PRECISIONS = ("float32", "mixed-float16", "mixed-bfloat16")
+DISTRIBUTES = ("auto", "none", "mirrored", "multi-worker")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ class TrainConfig:
     min_lr: float = 0.0  # the rate never goes below this (after warmup)
     clip_norm: float = 1.0  # global gradient-norm clip; 0 = off
     precision: str = "float32"  # float32 | mixed-float16 (with dynamic loss scaling) | mixed-bfloat16
+    distribute: str = "auto"  # auto (multi-worker with TF_CONFIG, mirrored with > 1 GPU, else none) | none | ...
+    devices: str = ""  # mirrored: comma list (gpu:0,gpu:1; cpu:0,cpu:1 splits the CPU); "" = every GPU
+    worker_timeout: float = 300.0  # seconds a collective waits for the other workers before the run fails
     epochs: int = 1
     max_steps: int = 0  # stop after this many steps in all; 0 = no limit
     seed: int = 1234
@@ -176,6 +180,8 @@ class TrainConfig:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
         non_negative("--clip-norm", self.clip_norm)
         choice("--precision", self.precision, PRECISIONS)
+        choice("--distribute", self.distribute, DISTRIBUTES)
+        positive("--worker-timeout", self.worker_timeout)
         positive("--epochs", self.epochs)
         if self.max_steps < 0:
             raise ConfigError(f"--max-steps must be >= 0, got {self.max_steps}")

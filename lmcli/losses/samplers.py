@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from lmcli import replicas
 from lmcli.config import LossConfig
 from lmcli.errors import ConfigError
 
@@ -109,7 +110,9 @@ class LearnedUnigramSampler(Sampler):
         if vocab_size < num_sampled:
             raise ConfigError(f"--num-sampled ({num_sampled}) exceeds the vocabulary ({vocab_size})")
         self.num_sampled, self.seed, self.distortion = num_sampled, seed, distortion
-        self.counts = tf.Variable(tf.ones([vocab_size], tf.float32), trainable=False, name="learned_counts")
+        # Under tf.distribute every replica applies the same (all-reduced) update: the first replica's is kept.
+        self.counts = tf.Variable(tf.ones([vocab_size], tf.float32), trainable=False, name="learned_counts",
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def sample(self, labels: tf.Tensor, mask: tf.Tensor, num_sampled: int, step: tf.Tensor):
         weights = tf.pow(self.counts, self.distortion)  # (V,)
@@ -121,8 +124,11 @@ class LearnedUnigramSampler(Sampler):
         true_expected = tf.gather(expected, labels)
         sampled_expected = tf.gather(expected, sampled)
         with tf.control_dependencies([sampled, true_expected, sampled_expected]):
-            self.counts.scatter_add(tf.IndexedSlices(tf.cast(mask, tf.float32), labels))
-        return sampled, true_expected, sampled_expected
+            seen = tf.IndexedSlices(tf.cast(mask, tf.float32), labels, tf.shape(self.counts, out_type=tf.int64))
+            updated = self.counts.scatter_add(replicas.total(seen))  # the labels of every replica's rows
+        # What follows depends on the update, so that every replica runs its collectives in the same order.
+        with tf.control_dependencies([updated]):
+            return tf.identity(sampled), tf.identity(true_expected), tf.identity(sampled_expected)
 
     def variables(self) -> list:
         return [self.counts]

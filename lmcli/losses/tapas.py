@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from lmcli import replicas
 from lmcli.config import LossConfig
 from lmcli.losses import sharding
 from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
@@ -219,8 +220,9 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
     """Per-token TAPAS losses (N,); 0 where mask is 0, and padded rows take no part in the resampling.
 
     The first pass draws `num_sampled` candidates with `ctx.sampler`; the second keeps the `num_resampled`
-    with the best scores (`rank_resample`, TF1's semantics) at the scheduled temperature; the loss is the
-    sampled softmax over the kept candidates with their first-pass expected counts. Logits: (M, 1 + K), the
+    with the best scores (TF1's `rank_resample` semantics; under tf.distribute the scores are taken over the
+    global batch's rows) at the scheduled temperature; the loss is the sampled softmax over the kept candidates
+    with their first-pass expected counts. Logits: (M, 1 + K), the
     label first, for the M real tokens.
     """
     if ctx.sampler is None:
@@ -229,8 +231,10 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
     step = inputs.clock.step
     first = ctx.sampler.sample(y, tf.ones_like(y, tf.float32), config.num_sampled, step)
     temperature = resampling_temperature(config, step, inputs.clock.total_steps)
-    kept, true_expected, kept_expected = rank_resample(inputs.weights, inputs.bias, h, first,
-                                                       config.num_resampled, temperature)  # (K,), (M,), (K,)
+    sampled, true_expected, sampled_expected = (tf.stop_gradient(v) for v in first)
+    scores = resampling_scores(inputs.weights, inputs.bias, h, sampled, temperature)  # (S,): this replica's rows
+    _, keep = tf.math.top_k(replicas.logsumexp(scores), k=config.num_resampled, sorted=False)  # every row votes
+    kept, kept_expected = tf.gather(sampled, keep), tf.gather(sampled_expected, keep)  # (K,), (K,)
     logits = sampled_logits(inputs.weights, inputs.bias, h, y, kept, true_expected, kept_expected,
                             config.remove_accidental_hits)  # (M, 1 + K)
     losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)

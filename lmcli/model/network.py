@@ -193,8 +193,8 @@ class LanguageModel(keras.Model):
         mask = tf.cast(data["mask"], tf.float32)  # (B, T)
         step = tf.cast(data.get("step", self.optimizer.iterations), tf.int64)
         noise = Noise(self.seed, step, data.get("row_offset", 0), data.get("global_rows", 0))
-        hidden, state, extras = self.forward(data["inputs"], data.get("state"), lstm_mask(mask, data.get("state")),
-                                             noise)
+        seq_mask = data["seq_mask"] if "seq_mask" in data else lstm_mask(mask, data.get("state"))
+        hidden, state, extras = self.forward(data["inputs"], data.get("state"), seq_mask, noise)
         w, b = self.output_weights()
         inputs = LossInputs(w, b, tf.reshape(hidden, [-1, self.output_dim]),  # (N, D)
                             tf.reshape(data["labels"], [-1]), tf.reshape(mask, [-1]),  # (N,), (N,)
@@ -206,16 +206,21 @@ class LanguageModel(keras.Model):
     def train_step(self, data: dict) -> dict:
         """One optimiser step on {inputs, labels, mask[, state, step, epoch]} (all (B, T) but state and clock).
 
+        Under tf.distribute this runs on each replica with its rows of the global batch, `global_tokens` (the
+        global batch's real tokens, the loss's divisor) and `row_offset`/`global_rows` (for the noise); the
+        gradients are summed over replicas here, before clipping, and the optimizer applies them as they are.
+
         Returns the step's loss and each part of it (`sums`), the terms' weights and reports (`facts`), the real
         token count, the gradient norm and, when a state was given, the final state.
         """
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss, sums, facts, state = self.compute_objective(data)
+            loss, sums, facts, state = self.compute_objective(data, data.get("global_tokens"), replicas)
             scaled = self.optimizer.scale_loss(loss)  # float16: times the dynamic loss scale; else the loss
-        variables = self.trainable_variables
-        grads = [merge_duplicate_rows(g) for g in tape.gradient(scaled, variables)]
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+        pairs = [(g, v) for g, v in zip(tape.gradient(scaled, self.trainable_variables), self.trainable_variables)
+                 if g is not None]
+        grads, variables = all_reduce([g for g, _ in pairs], replicas), [v for _, v in pairs]
+        grads = [merge_duplicate_rows(g) for g in grads]  # after the reduction: rows repeated across replicas too
         scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)  # what scale_loss multiplied by
         grad_norm = tf.linalg.global_norm(grads)  # of the scaled gradients: clipped at clip_norm * scale
         if self.clip_norm > 0:
@@ -235,6 +240,13 @@ class LanguageModel(keras.Model):
         loss = tf.cast(tf.math.divide_no_nan(stats["nll_sum"], stats["tokens"]), tf.float32)
         self.loss_tracker.update_state(loss, sample_weight=tf.cast(stats["tokens"], tf.float32))
         return {"loss": self.loss_tracker.result()}
+
+
+def all_reduce(grads: list, replicas: int) -> list:
+    """The sum of every replica's gradients (tf.distribute's all-reduce; IndexedSlices stay sparse)."""
+    if replicas == 1:
+        return grads
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
 
 def lstm_mask(mask: tf.Tensor, state: Optional[State]) -> Optional[tf.Tensor]:
