@@ -83,9 +83,8 @@ def test_tapas_scores_and_counts_are_global_under_a_strategy():
     counts see every replica's labels."""
     from lmcli import replicas
     from lmcli.config import LossConfig
-    from lmcli.losses.samplers import make_sampler
-
     from lmcli.distribution import make_cluster
+    from lmcli.losses.samplers import make_sampler
 
     # the process's one mirrored strategy on these devices (a second one would reuse its collective keys)
     strategy = make_cluster("mirrored", "cpu:0,cpu:1").strategy

@@ -23,12 +23,14 @@ from lmcli.cli.main import app
 from lmcli.config import (
     AUX_DISTANCES,
     AUX_LOSSES,
+    DISTRIBUTES,
     LOSSES,
     LR_SCHEDULES,
     MODEL_TYPES,
     OPTIMIZERS,
     PAD_SIDES,
     PADDINGS,
+    PRECISIONS,
     SAMPLERS,
     TEMPERATURE_DECAYS,
     DataConfig,
@@ -148,7 +150,8 @@ FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-2,
                    st.sampled_from([0.0, -0.0, 1.0, 1e-9, 1e308]))
 CHOICES = {"padding": PADDINGS, "pad_side": PAD_SIDES, "name": LOSSES, "sampler": SAMPLERS,
            "temperature_decay": TEMPERATURE_DECAYS, "optimizer": OPTIMIZERS, "model_type": MODEL_TYPES,
-           "encoding_errors": ("strict", "replace"), "aux_distance": AUX_DISTANCES, "lr_schedule": LR_SCHEDULES}
+           "encoding_errors": ("strict", "replace"), "aux_distance": AUX_DISTANCES, "lr_schedule": LR_SCHEDULES,
+           "precision": PRECISIONS, "distribute": DISTRIBUTES, "devices": ("", "cpu:0", "gpu:0,gpu:1")}
 
 
 def values_for(cls: type) -> st.SearchStrategy[dict[str, Any]]:
