@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from lmcli.errors import ConfigError
+from lmcli.watchdog import PeerWatch, peers_of
 
 KINDS = ("auto", "none", "mirrored", "multi-worker")
 
@@ -34,10 +35,19 @@ class Cluster:
     replicas: int  # replicas in sync, over all workers
     worker: int = 0  # this worker's index (0: the chief)
     workers: int = 1
+    watch: Optional[PeerWatch] = None  # multi-worker: exits this process when another worker is gone
 
     @property
     def is_chief(self) -> bool:
         return self.worker == 0
+
+    def finish(self) -> None:
+        """Leave the run together: wait until every worker gets here (a collective), then stop watching them (a
+        worker that has finished is not a dead one)."""
+        if self.workers > 1:
+            _barrier(self.strategy)()
+        if self.watch is not None:
+            self.watch.stop()
 
     def describe(self) -> str:
         where = f", worker {self.worker} of {self.workers}" if self.workers > 1 else ""
@@ -115,7 +125,16 @@ def _build(kind: str, devices: list[str], timeout: float) -> Cluster:
     task = config.get("task", {})
     workers = len(config["cluster"].get("worker", [])) + len(config["cluster"].get("chief", []))
     index = int(task.get("index", 0)) + (1 if task.get("type") == "worker" and "chief" in config["cluster"] else 0)
-    return Cluster(strategy, "multi-worker", strategy.num_replicas_in_sync, index, workers)
+    watch = PeerWatch(peers_of(config)).start()
+    return Cluster(strategy, "multi-worker", strategy.num_replicas_in_sync, index, workers, watch)
+
+
+def _barrier(strategy):
+    @tf.function
+    def barrier():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.ones([])))
+    return barrier
 
 
 def _tf_config() -> dict:
@@ -159,7 +178,7 @@ def replica_feeds(cluster: Cluster, arrays: dict[str, np.ndarray], state: Option
 
     def value(ctx):
         r = ctx.replica_id_in_sync_group
-        part = {k: v[r * per:(r + 1) * per] for k, v in arrays.items()}
+        part = {k: tf.constant(v[r * per:(r + 1) * per]) for k, v in arrays.items()}
         part.update(shared, row_offset=tf.constant(r * per, tf.int32))
         if state is not None:
             part["state"] = [(h[r * per:(r + 1) * per], c[r * per:(r + 1) * per]) for h, c in state]
@@ -170,12 +189,15 @@ def replica_feeds(cluster: Cluster, arrays: dict[str, np.ndarray], state: Option
 
 def make_step(cluster: Cluster, train_step, additive: set[str]):
     """The distributed step: a tf.function from per-replica feeds to one set of host-ready outputs (additive
-    values summed over replicas, the rest from the first replica, the carried state gathered in row order)."""
+    values summed over replicas, the rest, the gathered carried state included, from the first replica)."""
     strategy = cluster.strategy
 
     def replica_step(feed):
+        ctx = tf.distribute.get_replica_context()
         out = train_step(feed)
-        out["stop"] = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, feed["stop"])
+        out["stop"] = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(feed["stop"]))  # > 0: signalled
+        if "state" in out and ctx.num_replicas_in_sync > 1:  # every replica's rows, in row order
+            out["state"] = [tuple(ctx.all_gather(t, axis=0) for t in hc) for hc in out["state"]]
         return out
 
     @tf.function(reduce_retracing=True)
@@ -183,9 +205,7 @@ def make_step(cluster: Cluster, train_step, additive: set[str]):
         out = strategy.run(replica_step, args=(feeds,))
         result = {}
         for key, value in out.items():
-            if key == "state":
-                result[key] = [tuple(strategy.gather(t, axis=0) for t in hc) for hc in value]
-            elif key in additive:
+            if key in additive:
                 result[key] = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
             else:
                 result[key] = strategy.experimental_local_results(value)[0]

@@ -20,15 +20,16 @@ from lmcli.runlock import LOCK_NAME
 
 
 class PendingRunDir:
-    def __init__(self, paths: RunPaths, cfg: RunConfig, tokenizer: Path, restart: bool) -> None:
-        self.paths, self.cfg, self.tokenizer, self.restart = paths, cfg, Path(tokenizer), restart
+    def __init__(self, paths: RunPaths, cfg: RunConfig, tokenizer: Path, restart: bool, owner: bool = True) -> None:
+        """`owner`: this process writes the run dir (the chief of a multi-worker run; the others never touch it)."""
+        self.paths, self.cfg, self.tokenizer, self.restart, self.owner = paths, cfg, Path(tokenizer), restart, owner
         self.created = not paths.root.exists()
         self.had_lock = (paths.root / LOCK_NAME).exists()
         self.committed = False
 
     def commit(self, open_log: Callable[[], None], after_clear: Callable[[], None]) -> None:
         """Write the run's files (once): clear the old run (--restart), config.json, the tokenizer, metrics."""
-        if self.committed:
+        if self.committed or not self.owner:
             return
         if self.restart:
             self.paths.clear()
@@ -43,7 +44,7 @@ class PendingRunDir:
 
     def rollback(self) -> None:
         """After a failure: undo what starting did, unless a checkpoint was written."""
-        if self.committed:
+        if self.committed or not self.owner:
             return
         if self.created:
             shutil.rmtree(self.paths.root, ignore_errors=True)

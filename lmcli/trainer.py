@@ -101,8 +101,7 @@ class Trainer:
 
     def _commit(self) -> None:
         """Before the first checkpoint: the run dir's other files (see lmcli.rundir); the chief's job."""
-        if self.cluster.is_chief:
-            self.rundir.commit(self.log.open, self._managers)
+        self.rundir.commit(self.log.open, self._managers)
 
     def _saved(self) -> None:
         if not self.cluster.is_chief:  # a worker's copy is not kept

@@ -11,11 +11,11 @@ from typing import Any
 import tensorflow as tf
 
 from lmcli import __version__, memory
-from lmcli.checkpoints import RunPaths, short_error
+from lmcli.checkpoints import RunPaths
 from lmcli.config import RunConfig
 from lmcli.data.shards import DataDir, open_data_dir
 from lmcli.distribution import check_batch, make_cluster
-from lmcli.errors import ConfigError, PeerError, RunDirError
+from lmcli.errors import ConfigError, LmcliError, PeerError, RunDirError
 from lmcli.progress import Progress
 from lmcli.rundir import PendingRunDir
 from lmcli.runlock import RunLock
@@ -65,7 +65,7 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
     plan = memory.estimate(cfg, replicas=cluster.replicas, available=memory.available_bytes())
     progress.log(f"memory: {plan.describe()}")
     memory.check(plan)
-    rundir = PendingRunDir(paths, cfg, data.tokenizer_path, restart)
+    rundir = PendingRunDir(paths, cfg, data.tokenizer_path, restart, owner=cluster.is_chief)
     trainer = None
     try:
         with (RunLock(paths.root) if cluster.is_chief else contextlib.nullcontext()), StopRequests() as stops:
@@ -73,6 +73,7 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
             if not restart:
                 trainer.restore()  # writes nothing: an unusable run dir is left as it was
             result = trainer.run(stops)
+            cluster.finish()
     except tf.errors.ResourceExhaustedError:
         rundir.rollback()
         where = f"at step {trainer.step + 1}" if trainer is not None else "while building the model"
@@ -82,6 +83,10 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
         if cluster.workers == 1:
             raise
         raise peer_failure(e, trainer) from None
+    except LmcliError:  # a stop every worker made at the same step (a signal, the NaN guard): leave together
+        rundir.rollback()
+        _leave(cluster)
+        raise
     except BaseException:
         rundir.rollback()
         raise
@@ -91,6 +96,13 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
     return {**result, "memory": plan.as_dict()}
 
 
+def _leave(cluster) -> None:
+    try:
+        cluster.finish()
+    except tf.errors.OpError:  # another worker is gone: the error already raised says more
+        pass
+
+
 PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
                  tf.errors.CancelledError, tf.errors.InternalError)
 
@@ -98,8 +110,8 @@ PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf
 def peer_failure(e: Exception, trainer) -> PeerError:
     saved = f"the last checkpoint is step {trainer.last_saved}" if trainer and trainer.last_saved >= 0 else \
         "no checkpoint was written"
-    return PeerError(f"another worker stopped or cannot be reached ({short_error(e)[:200]}); {saved}: rerun "
-                     "every worker to resume")
+    return PeerError(f"another worker stopped or cannot be reached ({type(e).__name__} in a collective); {saved}: "
+                     "rerun every worker to resume")
 
 
 def _check_run_dir(paths: RunPaths) -> None:

@@ -1,0 +1,132 @@
+"""Two worker processes on 127.0.0.1 with TF_CONFIG (CPU only, one replica each) train exactly as the mirrored
+run on the same global batch; a killed worker ends the other with a clear error at once; SIGTERM to one worker
+stops both at one shared checkpoint with 143; rerunning both resumes to the uninterrupted run's weights. Every
+wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmcli.checkpoints import load_model
+from lmcli.progress import Progress
+from lmcli.training import train
+
+STEPS = 100
+OPTIONS = {"embedding-dim": 8, "hidden": 12, "batch-size": 6, "seq-len": 5, "lr": 0.02, "seed": 9,
+           "dropout": 0.2, "loss": "sampled", "num-sampled": 6, "max-steps": STEPS, "checkpoint-every": 10,
+           "epochs": 10}
+WAIT = 120  # seconds any single wait may take
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(data_dir: Path, run: Path) -> list[subprocess.Popen]:
+    ports = [free_port(), free_port()]
+    procs = []
+    for i in range(2):
+        config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        args = [a for k, v in OPTIONS.items() for a in (f"--{k}", str(v))]
+        procs.append(subprocess.Popen([sys.executable, "-m", "lmcli", "train", str(data_dir), "--run-dir", str(run),
+                                       *args, "--worker-timeout", "60", "--quiet", "--json"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("a worker did not finish in time")
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def wait_for_checkpoint(run: Path, after: int = 0) -> int:
+    deadline = time.monotonic() + WAIT
+    index = run / "checkpoints" / "checkpoint"
+    while time.monotonic() < deadline:
+        if index.exists():
+            step = int(index.read_text().split('"')[1].rsplit("-", 1)[1])
+            if step > after:
+                return step
+        time.sleep(0.1)
+    pytest.fail("no checkpoint came")
+
+
+def weights(run):
+    model, _, step = load_model(run, "latest")
+    return step, [v.numpy() for v in model.weights]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data_dir, tmp_path_factory):
+    """The same run under mirrored on two logical CPU devices, in this process."""
+    run = tmp_path_factory.mktemp("mw") / "mirrored"
+    opts = {"model": {"embedding_dim": 8, "hidden": 12, "dropout": 0.2},
+            "data": {"batch_size": 6, "seq_len": 5}, "loss": {"name": "sampled", "num_sampled": 6},
+            "train": {"lr": 0.02, "seed": 9, "max_steps": STEPS, "checkpoint_every": 10, "epochs": 10,
+                      "distribute": "mirrored", "devices": "cpu:0,cpu:1"}}
+    train(tiny_data_dir, run, opts, progress=Progress())
+    return weights(run)
+
+
+def assert_same(got, want):
+    assert got[0] == want[0]
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_two_workers_train_as_the_mirrored_run(tiny_data_dir, tmp_path, reference):
+    results = finish(launch(tiny_data_dir, tmp_path / "run"))
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-2000:]
+    summaries = [json.loads(stdout) for _, stdout, _ in results]
+    assert [(s["distribute"], s["replicas"], s["workers"]) for s in summaries] == [("multi-worker", 2, 2)] * 2
+    assert summaries[0]["loss"] == "sampled" and summaries[0]["steps"] == STEPS
+    assert_same(weights(tmp_path / "run"), reference)
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("lmcli-worker-*/checkpoints/ckpt-*"))
+
+
+def test_a_killed_worker_ends_the_other_and_sigterm_stops_both_then_both_resume(tiny_data_dir, tmp_path,
+                                                                                 reference):
+    run = tmp_path / "run"
+    procs = launch(tiny_data_dir, run)
+    first = wait_for_checkpoint(run)
+    killed_at = time.monotonic()
+    procs[1].kill()
+    (code, _, stderr), _ = finish(procs)
+    assert code == 10 and time.monotonic() - killed_at < 30, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("lmcli: error: another worker stopped") and "rerun every worker to resume" in line
+
+    procs = launch(tiny_data_dir, run)  # both again: they resume, and one of them is asked to stop
+    wait_for_checkpoint(run, after=first)
+    procs[1].send_signal(signal.SIGTERM)
+    results = finish(procs)
+    assert [code for code, _, _ in results] == [143, 143], [r[2][-1000:] for r in results]
+    steps = {int(stderr.split(" at step ")[1].split(";")[0]) for _, _, stderr in results}
+    assert len(steps) == 1 and weights(run)[0] == steps.pop()  # one step, checkpointed by both
+
+    results = finish(launch(tiny_data_dir, run))
+    assert [code for code, _, _ in results] == [0, 0], [r[2][-1000:] for r in results]
+    assert json.loads(results[0][1])["resumed_from_step"] > first
+    assert_same(weights(run), reference)
