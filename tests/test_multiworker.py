@@ -97,7 +97,7 @@ def assert_same(got, want):
 
 def test_two_workers_train_as_the_mirrored_run(tiny_data_dir, tmp_path, reference):
     results = finish(launch(tiny_data_dir, tmp_path / "run"))
-    for code, stdout, stderr in results:
+    for code, _, stderr in results:
         assert code == 0, stderr[-2000:]
     summaries = [json.loads(stdout) for _, stdout, _ in results]
     assert [(s["distribute"], s["replicas"], s["workers"]) for s in summaries] == [("multi-worker", 2, 2)] * 2
