@@ -72,6 +72,9 @@ def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None)
     else:
         kept = loss.num_resampled if loss.name == "tapas" else loss.num_sampled
         output = 4 * n * (kept + 1) + 2 * loss.num_sampled * d + (n * loss.num_sampled if loss.name == "tapas" else 0)
+        if loss.candidate_sets == "row":  # Gumbel noise over V for every global row; W gathered per row
+            rows = max(1, cfg.data.batch_size // max(replicas, 1))
+            output += 3 * cfg.data.batch_size * v + 2 * rows * loss.num_sampled * d
     output += DENSIFY.get(cfg.train.optimizer, 0.0) * v * (e + d)  # Keras Adam/Adagrad: dense V x D temporaries
     terms = 4 * n * (v if loss.name == "full" else loss.num_sampled) if "embedding" in cfg.term_names else 0
     lstm = 12 * n * h * m.layers + 4 * n * (e + d)

@@ -28,16 +28,20 @@ from lmcli.errors import ConfigError
 
 
 def merge_duplicate_rows(grad):
-    """Sum the rows of an IndexedSlices gradient that share an index; other gradients pass through.
+    """Sum the rows of an IndexedSlices gradient that share an index, and drop the rows whose sum is exactly
+    zero; other gradients pass through.
 
-    Embedding lookups and sampled losses produce repeated indices; optimizers that square or
-    accumulate per-row statistics must see (g1 + g2), not g1 and g2 separately.
+    Embedding lookups and sampled losses produce repeated indices; optimizers that square or accumulate per-row
+    statistics must see (g1 + g2), not g1 and g2 separately. Padding positions look up rows too, with a zero
+    gradient: a lazy optimizer would still "touch" those rows (move them by their momentum), so whether a row
+    moves would depend on how much padding a batch holds, or how a batch is split over replicas.
     """
     if not isinstance(grad, tf.IndexedSlices):
         return grad
     unique, position = tf.unique(grad.indices)  # (U,), (K,)
     values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(unique)[0])  # (U, D)
-    return tf.IndexedSlices(values, unique, grad.dense_shape)
+    nonzero = tf.reduce_any(tf.not_equal(tf.reshape(values, [tf.shape(values)[0], -1]), 0), axis=1)  # (U,)
+    return tf.IndexedSlices(tf.boolean_mask(values, nonzero), tf.boolean_mask(unique, nonzero), grad.dense_shape)
 
 
 def _native(variable) -> tf.Variable:

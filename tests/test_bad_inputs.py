@@ -246,7 +246,8 @@ CASES = [
     *[case(train_new(f"{flag} nosuch"), 4, f"unknown {what} 'nosuch'", f"unknown-{what.replace(' ', '-')}")
       for flag, what in (("--loss", "loss"), ("--sampler", "sampler"), ("--padding", "padding"),
                          ("--optimizer", "optimizer"), ("--pad-side", "pad side"),
-                         ("--temperature-decay", "temperature decay"))],
+                         ("--temperature-decay", "temperature decay"), ("--candidate-sets", "--candidate-sets"),
+                         ("--tapas-correction", "--tapas-correction"))],
     *[case(train_new(f"{flag} {value}"), 4, f"{flag} must be {rule}, got {shown}", f"train{flag}={value}")
       for flag, value, rule, shown in (
           ("--hidden", "0", "positive", "0"), ("--embedding-dim", "-1", "positive", "-1"),
@@ -281,6 +282,8 @@ CASES = [
          "--num-resampled (8) must be less than --num-sampled (8)", "tapas-num-resampled-at-num-sampled"),
     case(train_new("--loss tapas --num-sampled 17 --num-resampled 4"), 4,
          "--num-sampled (17) must not exceed the vocabulary size (16)", "tapas-num-sampled-above-vocab"),
+    case(train_new("--loss tapas --num-sampled 8 --num-resampled 4 --candidate-sets row"), 4,
+         "--candidate-sets row is for --loss sampled (TAPAS scores one set over the batch)", "tapas-row-sets"),
     case(train_new("--tie-embeddings --embedding-dim 8 --hidden 16"), 4,
          "--tie-embeddings needs the output width (16, from --hidden) to equal --embedding-dim (8)",
          "tie-embeddings-mismatch"),

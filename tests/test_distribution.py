@@ -15,6 +15,7 @@ from lmcli.progress import Progress
 from lmcli.training import train
 
 STRATEGY_OPTIONS = {"full": {}, "sampled": {"num_sampled": 6},
+                    "sampled-row": {"name": "sampled", "num_sampled": 6, "candidate_sets": "row"},
                     "tapas": {"num_sampled": 10, "num_resampled": 5, "sampler": "learned-unigram"}}
 MIRRORED = {"distribute": "mirrored", "devices": "cpu:0,cpu:1"}
 
@@ -96,7 +97,7 @@ def test_tapas_scores_and_counts_are_global_under_a_strategy():
     def per_replica():
         def fn():
             r = tf.distribute.get_replica_context().replica_id_in_sync_group
-            drawn = sampler.sample(tf.constant([1, 1], tf.int64) + tf.cast(r, tf.int64) * 3, tf.ones([2]), 3,
+            drawn = sampler.sample(tf.constant([1, 1], tf.int64) + tf.cast(r, tf.int64) * 3, tf.ones([2]),
                                    tf.constant(0, tf.int64))[0]
             mine = rows[2 * r:2 * r + 2] + 0.0 * tf.cast(drawn[0], tf.float32)  # (2, 3), after the draw
             return replicas.logsumexp(tf.reduce_logsumexp(mine, axis=0))

@@ -49,7 +49,7 @@ class FixedSampler:
     def __init__(self, cand):
         self.cand = tf.constant(cand, tf.int64)
 
-    def sample(self, labels, mask, num_sampled, step):
+    def sample(self, labels, mask, step):
         return self.cand, tf.ones(tf.shape(labels), tf.float32), tf.ones(tf.shape(self.cand), tf.float32)
 
 
@@ -78,14 +78,14 @@ def test_sampler_is_stateless_in_seed_and_step():
     q = np.arange(1, 51, dtype=np.float64)
     s = Sampler(q, 10, seed=3)
     y, m = tf.constant([1, 2], tf.int64), tf.ones(2)
-    a = s.sample(y, m, 10, tf.constant(5, tf.int64))[0].numpy()
-    b = s.sample(y, m, 10, tf.constant(5, tf.int64))[0].numpy()
-    c = s.sample(y, m, 10, tf.constant(6, tf.int64))[0].numpy()
-    f = tf.function(lambda step: s.sample(y, m, 10, step)[0])
+    a = s.sample(y, m, tf.constant(5, tf.int64))[0].numpy()
+    b = s.sample(y, m, tf.constant(5, tf.int64))[0].numpy()
+    c = s.sample(y, m, tf.constant(6, tf.int64))[0].numpy()
+    f = tf.function(lambda step: s.sample(y, m, step)[0])
     assert sorted(a) == sorted(b) == sorted(f(tf.constant(5, tf.int64)).numpy())
     assert sorted(a) != sorted(c)
     assert len(set(a)) == 10  # distinct candidates
-    other = Sampler(q, 10, seed=4).sample(y, m, 10, tf.constant(5, tf.int64))[0].numpy()
+    other = Sampler(q, 10, seed=4).sample(y, m, tf.constant(5, tf.int64))[0].numpy()
     assert sorted(other) != sorted(a)
 
 
@@ -110,7 +110,7 @@ def test_inclusion_tries_sum_to_num_sampled():
 def test_learned_unigram_counts_follow_the_labels():
     s = LearnedUnigramSampler(10, 3, seed=0, distortion=1.0)
     labels = tf.constant([4, 4, 4, 7], tf.int64)
-    s.sample(labels, tf.constant([1.0, 1.0, 1.0, 0.0]), 3, tf.constant(0, tf.int64))
+    s.sample(labels, tf.constant([1.0, 1.0, 1.0, 0.0]), tf.constant(0, tf.int64))
     counts = s.counts.numpy()
     assert counts[4] == 4.0 and counts[7] == 1.0 and counts.sum() == 13.0
 
@@ -119,9 +119,69 @@ def test_unigram_sampler_never_draws_pad_or_bos_and_errors():
     counts = np.array([0, 5, 0, 9, 4, 3, 2, 1], np.int64)
     s = make_sampler(LossConfig(name="sampled", num_sampled=5, sampler="unigram"), 8, counts, seed=1)
     for step in range(50):
-        drawn = s.sample(tf.constant([3], tf.int64), tf.ones(1), 5, tf.constant(step, tf.int64))[0].numpy()
+        drawn = s.sample(tf.constant([3], tf.int64), tf.ones(1), tf.constant(step, tf.int64))[0].numpy()
         assert 0 not in drawn and 2 not in drawn
     with pytest.raises(ConfigError, match="exceeds"):
         make_sampler(LossConfig(name="sampled", num_sampled=7, sampler="unigram"), 8, counts, seed=1)
     with pytest.raises(ConfigError, match=r"--num-sampled \(8\) must be less than the vocabulary size \(8\)"):
         LossConfig(name="sampled", num_sampled=8, sampler="unigram").validate(8)
+
+
+class FixedRowSampler:
+    """Row r's candidates are `cands[r]`, expected counts as given."""
+
+    def __init__(self, cands, q_cand, q_true):
+        self.cands, self.q_cand, self.q_true = (tf.constant(c) for c in (cands, q_cand, q_true))
+        self.keys = []
+
+    def sample_rows(self, labels, mask, step, row_offset=0, global_rows=0):
+        self.keys.append((row_offset, global_rows))
+        return self.cands, self.q_true, self.q_cand
+
+
+def test_per_row_candidate_sets_match_numpy_and_ignore_padding():
+    """`--candidate-sets row`: each batch row's tokens are scored against that row's own candidates, log-Q
+    corrected and with hits removed, exactly as numpy computes it row by row; padded tokens get 0."""
+    w, b, h, y = case(3, n=6, v=9)
+    y[1] = 5  # row 0's second token hits row 0's candidate 5
+    cands = np.array([[0, 5, 7], [1, 2, 5]], np.int64)  # (R=2, S=3): 5 is a hit in row 0 only
+    q_cand = np.array([[0.3, 0.6, 0.2], [0.9, 0.4, 0.5]], np.float32)
+    q_true = np.linspace(0.1, 0.8, 6).reshape(2, 3).astype(np.float32)
+    mask = np.array([1, 1, 1, 1, 1, 0], np.float32)
+    sampler = FixedRowSampler(cands, q_cand, q_true)
+    cfg = LossConfig(name="sampled", num_sampled=3, candidate_sets="row")
+    got = losses.per_token(cfg, w, b, h, y, mask, sampler=sampler, rows=2).numpy()
+    want = np.zeros(6)
+    for t in range(6):
+        r = t // 3
+        true = h[t] @ w[y[t]] + b[y[t]] - np.log(q_true.ravel()[t])
+        logits = h[t] @ w[cands[r]].T + b[cands[r]] - np.log(q_cand[r])
+        logits[cands[r] == y[t]] = -np.inf
+        want[t] = -np_log_softmax(np.concatenate([[true], logits]))[0] * mask[t]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[5] == 0 and want[1] != pytest.approx(-np_log_softmax(np.concatenate(
+        [[h[1] @ w[y[1]] + b[y[1]] - np.log(q_true.ravel()[1])], h[1] @ w[cands[1]].T + b[cands[1]] - np.log(
+            q_cand[1])]))[0])  # a shared set (row 1's) would give another loss
+
+
+def test_per_row_sets_are_keyed_on_the_global_row():
+    """Row r of the global batch draws the same set whichever replica holds it: a replica holding rows 2..3 of 4
+    draws what one device draws for rows 2..3; the rows' sets differ from each other and from step to step."""
+    q = np.arange(1, 41, dtype=np.float64)
+    s = Sampler(q, 6, seed=2)
+    step = tf.constant(4, tf.int64)
+    labels, mask = tf.ones([4, 3], tf.int64), tf.ones([4, 3])
+    whole, true_q, cand_q = s.sample_rows(labels, mask, step)
+    part = s.sample_rows(labels[2:], mask[2:], step, row_offset=2, global_rows=4)[0]
+    np.testing.assert_array_equal(part.numpy(), whole.numpy()[2:])
+    sets = [tuple(sorted(r)) for r in whole.numpy()]
+    assert len(set(sets)) == 4 and all(len(set(r)) == 6 for r in sets)
+    later = s.sample_rows(labels, mask, step + 1)[0].numpy()
+    assert [tuple(sorted(r)) for r in later] != sets
+    np.testing.assert_allclose(cand_q.numpy(), tf.gather(s.expected, whole).numpy())
+    np.testing.assert_allclose(true_q.numpy(), tf.gather(s.expected, labels).numpy())
+
+
+def test_tapas_refuses_per_row_sets():
+    with pytest.raises(ConfigError, match="--candidate-sets row is for --loss sampled"):
+        LossConfig(name="tapas", num_sampled=4, num_resampled=2, candidate_sets="row").validate(50)

@@ -200,15 +200,15 @@ class FakeSampler:
     def __init__(self):
         self.calls = []
 
-    def sample(self, labels, mask, num_sampled, step):
-        self.calls.append(num_sampled)
+    def sample(self, labels, mask, step):
+        self.calls.append(step)
         n = tf.shape(labels)[0]
-        return tf.constant([1, 2, 3], tf.int64)[:num_sampled], tf.ones([n]), tf.ones([num_sampled])
+        return tf.constant([1, 2, 3], tf.int64), tf.ones([n]), tf.ones([3])
 
 
 def tapas_config(**kw):
     kw = {"name": "tapas", "num_sampled": 3, "num_resampled": 1, "resampling_temperature": 0.5,
-          "final_resampling_temperature": 0.0, **kw}
+          "final_resampling_temperature": 0.0, "tapas_correction": "none", **kw}
     return LossConfig(**kw)
 
 
@@ -219,7 +219,7 @@ def test_strategy_equal_the_tf1_call_on_real_rows():
     sampler = FakeSampler()
     got = losses.per_token(tapas_config(), tf.Variable(W), tf.Variable(B), hidden, labels, mask,
                            sampler=sampler).numpy()
-    assert sampler.calls == [3]
+    assert len(sampler.calls) == 1
     real = rsl(W, B, Y, X, SAMPLED, 3, 1, 0.5, num_classes=4)
     np.testing.assert_allclose(got[[0, 2]], real, rtol=1e-6)
     np.testing.assert_allclose(got[[0, 2]], LOW_T_LOSSES, rtol=1e-6)

@@ -94,7 +94,7 @@ def test_sampled_strategy_term_uses_label_and_candidates_and_its_gradients_stay_
     the label and candidate rows only."""
 
     class Fixed:
-        def sample(self, labels, mask, num_sampled, step):
+        def sample(self, labels, mask, step):
             c = tf.constant([0, 5, 6], tf.int64)
             return c, tf.ones(tf.shape(labels)), tf.ones([3])
 

@@ -68,6 +68,8 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(data_dir, tmp_path, pa
     step_a, wa = weights(tmp_path / "a")
     step_b, wb = weights(tmp_path / "b")
     assert step_a == step_b == full["steps"]
+    if loss == "tapas":  # the default second pass: stateless draws keyed on (seed, step) resume exactly
+        assert json.loads(RunPaths(tmp_path / "b").config.read_text())["loss"]["tapas_correction"] == "resample"
     for x, y in zip(wa, wb):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
 

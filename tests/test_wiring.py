@@ -41,7 +41,7 @@ class FixedSampler:
         self.candidates = tf.constant(candidates, tf.int64)
         self.q = tf.constant(q, tf.float32)
 
-    def sample(self, labels, mask, num_sampled, step):
+    def sample(self, labels, mask, step):
         return self.candidates, tf.gather(self.q, tf.cast(labels, tf.int64)), tf.gather(self.q, self.candidates)
 
     def variables(self) -> list:
@@ -210,7 +210,8 @@ def test_bound_tapas_divides_the_bias_by_the_temperature():
     h = np.array([[1, 0], [9, 9]], np.float32)  # row 1 is padding: it neither votes nor costs
     y = np.array([0, 2], np.int64)
     mask = np.array([1, 0], np.float32)
-    cfg = LossConfig(name="tapas", num_sampled=3, num_resampled=1, resampling_temperature=2.0)
+    cfg = LossConfig(name="tapas", num_sampled=3, num_resampled=1, resampling_temperature=2.0,
+                     tapas_correction="none")
     got = losses.per_token(cfg, w, b, h, y, mask, sampler=FixedSampler([1, 2, 3], np.ones(4, np.float32))).numpy()
     keeps_1 = math.log(math.exp(0.5) + math.exp(2.0)) - 0.5  # logits: label 0.5, class 1: 2.0
     keeps_2 = math.log(math.exp(0.5) + math.exp(1.5)) - 0.5

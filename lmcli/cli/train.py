@@ -12,6 +12,7 @@ from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, 
 from lmcli.config import (
     AUX_DISTANCES,
     AUX_LOSSES,
+    CANDIDATE_SETS,
     DISTRIBUTES,
     LOSSES,
     LR_SCHEDULES,
@@ -21,6 +22,7 @@ from lmcli.config import (
     PRECISIONS,
     SAMPLERS,
     SECTIONS,
+    TAPAS_CORRECTIONS,
     TEMPERATURE_DECAYS,
     DataConfig,
     LossConfig,
@@ -73,6 +75,9 @@ def train(
     remove_accidental_hits: Annotated[Optional[bool], _flag(
         "--remove-accidental-hits", "--keep-accidental-hits", "Drop candidates equal to the label.",
         L.remove_accidental_hits, LOSS)] = None,
+    candidate_sets: Annotated[Optional[str], _opt(
+        "sampled: one candidate set per batch, or one per batch row (better at small V, costs rows x V per step).",
+        L.candidate_sets, LOSS, names=CANDIDATE_SETS)] = None,
     num_resampled: Annotated[Optional[int], _opt("tapas: candidates kept by the second pass (< --num-sampled).",
                                                  L.num_resampled, LOSS)] = None,
     resampling_temperature: Annotated[Optional[float], _opt("tapas: resampling temperature T at the start.",
@@ -81,6 +86,9 @@ def train(
         "tapas: T at the end of training; 0 = keep T constant.", L.final_resampling_temperature, LOSS)] = None,
     temperature_decay: Annotated[Optional[str], _opt("tapas: how T moves over the run.", L.temperature_decay,
                                                      LOSS, names=TEMPERATURE_DECAYS)] = None,
+    tapas_correction: Annotated[Optional[str], _opt(
+        "tapas: resample = draw the second pass by score and correct by its probability; none = TF1's top-k.",
+        L.tapas_correction, LOSS, names=TAPAS_CORRECTIONS)] = None,
     # terms and regularisers
     aux_loss: Annotated[Optional[list[str]], _opt("Add a loss term (repeatable).", "none", TERMS,
                                                   names=AUX_LOSSES)] = None,

@@ -9,6 +9,7 @@ from lmcli.config.run import SECTIONS, RunConfig
 from lmcli.config.sections import (
     AUX_DISTANCES,
     AUX_LOSSES,
+    CANDIDATE_SETS,
     DISTRIBUTES,
     LOSSES,
     LR_SCHEDULES,
@@ -17,6 +18,7 @@ from lmcli.config.sections import (
     PADDINGS,
     PRECISIONS,
     SAMPLERS,
+    TAPAS_CORRECTIONS,
     TEMPERATURE_DECAYS,
     DataConfig,
     LossConfig,
@@ -25,7 +27,7 @@ from lmcli.config.sections import (
     TrainConfig,
 )
 
-__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "DISTRIBUTES", "ENCODING_ERRORS", "LOSSES", "LR_SCHEDULES", "MODEL_TYPES",
-           "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "PRECISIONS", "SAMPLERS", "SECTIONS", "TEMPERATURE_DECAYS",
-           "VOCAB_MAX", "DataConfig", "GenerateConfig", "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig",
-           "TermsConfig", "TrainConfig"]
+__all__ = ["AUX_DISTANCES", "AUX_LOSSES", "CANDIDATE_SETS", "DISTRIBUTES", "ENCODING_ERRORS", "LOSSES",
+           "LR_SCHEDULES", "MODEL_TYPES", "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "PRECISIONS", "SAMPLERS", "SECTIONS",
+           "TAPAS_CORRECTIONS", "TEMPERATURE_DECAYS", "VOCAB_MAX", "DataConfig", "GenerateConfig", "LossConfig",
+           "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig", "TrainConfig"]

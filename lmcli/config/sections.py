@@ -21,6 +21,8 @@ AUX_DISTANCES = ("cosine", "mse")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 PRECISIONS = ("float32", "mixed-float16", "mixed-bfloat16")
 DISTRIBUTES = ("auto", "none", "mirrored", "multi-worker")
+CANDIDATE_SETS = ("batch", "row")
+TAPAS_CORRECTIONS = ("resample", "none")
 
 
 @dataclass(frozen=True)
@@ -83,19 +85,23 @@ class LossConfig:
     """The training loss strategy. Evaluation always uses the full softmax."""
 
     name: str = "full"  # full | sampled | tapas
-    num_sampled: int = 1024  # candidates per step (sampled, tapas first pass)
+    num_sampled: int = 2048  # candidates per step (sampled, tapas first pass)
     sampler: str = "auto"  # auto (tapas: learned-unigram, else unigram) | unigram | log-uniform | uniform
     unigram_distortion: float = 0.75  # counts ** distortion for the unigram sampler
     remove_accidental_hits: bool = True
-    num_resampled: int = 512  # tapas: candidates kept after the resampling pass
+    candidate_sets: str = "batch"  # sampled: one candidate set per batch (shared) | per row (sequence)
+    num_resampled: int = 1024  # tapas: candidates kept after the resampling pass
     resampling_temperature: float = 1.0  # tapas: T at the start of training
     final_resampling_temperature: float = 0.0  # tapas: T at the end; 0 = keep T constant
     temperature_decay: str = "linear"  # tapas: linear | exponential | cosine | constant
+    tapas_correction: str = "resample"  # tapas: resample (an importance-sampled second pass) | none (TF1's top-k)
 
     def validate(self, vocab_size: int) -> None:
         choice("loss", self.name, LOSSES)
         choice("sampler", self.sampler, SAMPLERS)
         choice("temperature decay", self.temperature_decay, TEMPERATURE_DECAYS)
+        choice("--candidate-sets", self.candidate_sets, CANDIDATE_SETS)
+        choice("--tapas-correction", self.tapas_correction, TAPAS_CORRECTIONS)
         if self.name == "full":
             return
         positive("--num-sampled", self.num_sampled)
@@ -105,6 +111,8 @@ class LossConfig:
             rule = "must not exceed" if self.name == "tapas" else "must be less than"
             raise ConfigError(f"--num-sampled ({self.num_sampled}) {rule} the vocabulary size ({vocab_size})")
         if self.name == "tapas":
+            if self.candidate_sets != "batch":
+                raise ConfigError("--candidate-sets row is for --loss sampled (TAPAS scores one set over the batch)")
             positive("--num-resampled", self.num_resampled)
             positive("--resampling-temperature", self.resampling_temperature)
             non_negative("--final-resampling-temperature", self.final_resampling_temperature)

@@ -59,14 +59,15 @@ def get(name: str) -> Strategy:
 
 
 def per_token(config: LossConfig, weights, bias, hidden, labels, mask, step=0, sampler=None, total_steps: int = 0,
-              seed: int = 0) -> tf.Tensor:
-    """The strategy of `config` on plain tensors (W (V, D), b (V,), hidden (N, D), labels (N,), mask (N,)):
-    its per-token losses (N,). A convenience for using a strategy outside a model."""
+              seed: int = 0, rows: int = 1) -> tf.Tensor:
+    """The strategy of `config` on plain tensors (W (V, D), b (V,), hidden (N, D), labels (N,), mask (N,), the N
+    tokens in `rows` batch rows, row-major): its per-token losses (N,). A convenience for using a strategy outside
+    a model."""
     def tensor(x):  # variables stay variables, so that gathers on them give row-sparse gradients
         return x if isinstance(x, (tf.Tensor, tf.Variable)) else tf.constant(x)
 
     inputs = LossInputs(tensor(weights), tensor(bias), tensor(hidden), tensor(labels), tf.cast(mask, tf.float32),
-                        Clock(tf.cast(step, tf.int64), 0.0, total_steps))
+                        Clock(tf.cast(step, tf.int64), 0.0, total_steps), rows=rows)
     return get(config.name).fn(inputs, config, StrategyContext(sampler, seed)).losses
 
 

@@ -42,6 +42,8 @@ class LossInputs:
         extras: tensors layers expose: "raw_hidden" (B, T, H) the last LSTM layer's output before dropout,
             "log_alpha" (V,) with a variational embedding.
         train_tokens: real tokens of one training epoch (the kl term's normaliser); 0 if unknown.
+        rows: batch rows the N tokens come in (N = rows * T, row-major); row_offset / global_rows: where these
+            rows sit in the global batch under tf.distribute (per-row candidate sets are keyed on the global row).
     """
 
     weights: tf.Tensor
@@ -53,6 +55,9 @@ class LossInputs:
     embeddings: Optional[tf.Tensor] = None
     extras: Mapping[str, tf.Tensor] = field(default_factory=dict)
     train_tokens: int = 0
+    rows: Any = 1
+    row_offset: Any = 0
+    global_rows: Any = 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ class StrategyOutput:
         losses: (N,) in nats, 0 where mask is 0.
         logits: (M, C) over the classes the strategy scored, for M of the N tokens.
         rows: (M,) int64 index of each logits row among the N tokens; None = all N, in order.
-        classes: (C',) int ids of the columns shared by every row; None = all V classes.
+        classes: (C',) int ids of the columns shared by every row; None = all V classes; or (R, C') one set per
+            batch row (the token rows of batch row r, row-major, share row r's set).
         label_first: column 0 is each row's own label and columns 1.. are `classes` (sampled, TAPAS);
             otherwise the columns are exactly `classes`.
     """

@@ -63,11 +63,44 @@ def real_rows(hidden, labels, mask):
 
 
 def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput:
-    """The `sampled` strategy: per-token sampled-softmax losses (N,), 0 where mask is 0."""
+    """The `sampled` strategy: per-token sampled-softmax losses (N,), 0 where mask is 0.
+
+    Candidates are drawn once for the batch (`--candidate-sets batch`: logits for the M real tokens only) or once
+    per batch row (`row`: every row's tokens against the row's own set).
+    """
+    if config.candidate_sets == "row":
+        return _per_row(inputs, config, ctx)
     rows, h, y = real_rows(inputs.hidden, inputs.labels, inputs.mask)
-    sampled, true_expected, sampled_expected = ctx.sampler.sample(
-        y, tf.ones_like(y, tf.float32), config.num_sampled, inputs.clock.step)
+    sampled, true_expected, sampled_expected = ctx.sampler.sample(y, tf.ones_like(y, tf.float32), inputs.clock.step)
     logits = sampled_logits(inputs.weights, inputs.bias, h, y, sampled, true_expected, sampled_expected,
                             config.remove_accidental_hits)  # (M, 1 + S)
     losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)
     return StrategyOutput(losses, logits, rows, sampled, label_first=True)
+
+
+def per_row_logits(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
+                   remove_accidental_hits: bool = True) -> tf.Tensor:
+    """Logits (R * G, 1 + S) with one candidate set per row: hidden (R, G, D), labels (R, G), sampled (R, S),
+    true_expected (R, G), sampled_expected (R, S); column 0 the label, corrected as in `sampled_logits`."""
+    labels = tf.cast(labels, tf.int64)
+    true_logit = tf.reduce_sum(hidden * tf.gather(weights, labels), -1) + tf.gather(bias, labels)  # (R, G)
+    true_logit -= tf.math.log(true_expected)
+    sampled_w = tf.gather(weights, sampled)  # (R, S, D)
+    logits = tf.matmul(hidden, sampled_w, transpose_b=True) + tf.gather(bias, sampled)[:, None, :]  # (R, G, S)
+    logits -= tf.math.log(sampled_expected)[:, None, :]
+    if remove_accidental_hits:
+        logits = tf.where(tf.equal(labels[:, :, None], sampled[:, None, :]), NEG, logits)  # (R, G, S)
+    rows = tf.shape(labels)[0] * tf.shape(labels)[1]
+    return tf.concat([tf.reshape(true_logit, [rows, 1]), tf.reshape(logits, [rows, -1])], axis=1)  # (R*G, 1+S)
+
+
+def _per_row(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput:
+    shape = tf.stack([inputs.rows, -1])
+    labels, mask = tf.reshape(inputs.labels, shape), tf.reshape(inputs.mask, shape)  # (R, G)
+    hidden = tf.reshape(inputs.hidden, tf.concat([shape, tf.shape(inputs.hidden)[-1:]], 0))  # (R, G, D)
+    sampled, true_expected, sampled_expected = ctx.sampler.sample_rows(
+        labels, mask, inputs.clock.step, inputs.row_offset, inputs.global_rows)  # (R, S), (R, G), (R, S)
+    logits = per_row_logits(inputs.weights, inputs.bias, hidden, labels, sampled, true_expected, sampled_expected,
+                            config.remove_accidental_hits)  # (N, 1 + S)
+    losses = label_first_losses(logits) * inputs.mask  # (N,)
+    return StrategyOutput(losses, logits, None, sampled, label_first=True)

@@ -1,10 +1,10 @@
 """Candidate samplers for sampled softmax and TAPAS: stateless, keyed on (seed, step).
 
 Every sampler draws `num_sampled` distinct classes without replacement with probability proportional
-to q (the Gumbel-top-k trick: top_k(log q + Gumbel noise)), with noise from
-`tf.random.stateless_uniform(seed=(seed, step))`. So the same seed gives the same candidates at the
-same step, a retraced `tf.function` does not restart the sequence, and a resumed run draws exactly
-what the uninterrupted run drew.
+to q, once per batch or once per batch row (`--candidate-sets`), by the Gumbel-top-k trick
+(top_k(log q + Gumbel noise)), with noise from `tf.random.stateless_uniform(seed=(seed, step))`. So the same
+seed gives the same candidates at the same step, a retraced `tf.function` does not restart the sequence, and a
+resumed run draws exactly what the uninterrupted run drew.
 
 Expected counts (the "Q" of the log-Q correction) are the inclusion probabilities of a class,
 approximated as 1 - (1 - q_i)^K with K chosen so that they sum to `num_sampled`: the formula TF's
@@ -68,8 +68,11 @@ def _tries_tf(q: tf.Tensor, num_sampled: int, iterations: int = 40) -> tf.Tensor
 class Sampler:
     """Draws candidates from a fixed distribution q over V classes.
 
-    `sample(labels (N,), mask (N,), num_sampled, step)` ->
-        (sampled (S,) int64, true_expected (N,) float32, sampled_expected (S,) float32)
+    `sample(labels (N,), mask (N,), step)` -> (sampled (S,) int64, true_expected (N,), sampled_expected (S,)):
+        one set of S distinct candidates for the whole batch.
+    `sample_rows(labels (R, G), mask (R, G), step, row_offset, global_rows)` ->
+        (sampled (R, S), true_expected (R, G), sampled_expected (R, S)): one set per batch row, row r's noise
+        keyed on (seed, step, row_offset + r), so that a row draws the same set whichever replica holds it.
     """
 
     def __init__(self, q: np.ndarray, num_sampled: int, seed: int) -> None:
@@ -85,18 +88,36 @@ class Sampler:
         expected = np.ones_like(q) if np.isinf(tries) else -np.expm1(tries * np.log1p(-q))
         self.expected = tf.constant(np.maximum(expected, 1e-30), tf.float32)  # (V,)
 
+    def _key(self, step: tf.Tensor) -> tf.Tensor:
+        return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+
     def _draw(self, log_q: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        u = tf.random.stateless_uniform(tf.shape(log_q), seed=seed, minval=1e-20, maxval=1.0)  # (V,)
+        u = tf.random.stateless_uniform(tf.shape(log_q), seed=self._key(step), minval=1e-20, maxval=1.0)  # (V,)
         gumbel = -tf.math.log(-tf.math.log(u))
         _, sampled = tf.math.top_k(log_q + gumbel, k=self.num_sampled, sorted=False)  # (S,)
         return tf.cast(sampled, tf.int64)
 
-    def sample(self, labels: tf.Tensor, mask: tf.Tensor, num_sampled: int, step: tf.Tensor):
-        del mask, num_sampled
+    def _draw_rows(self, log_q: tf.Tensor, step: tf.Tensor, row_offset, rows, global_rows) -> tf.Tensor:
+        """(rows, S): Gumbel-top-k per row, the noise drawn for the global batch's rows and this replica's sliced out
+        (stateless draws are prefix-consistent, so row r's noise does not depend on the replica count)."""
+        total = tf.maximum(tf.cast(global_rows, tf.int32), rows)
+        key = tf.random.experimental.stateless_fold_in(self._key(step), 0x50E)  # a stream apart from the batch's
+        u = tf.random.stateless_uniform(tf.stack([total, tf.shape(log_q)[0]]), seed=key, minval=1e-20, maxval=1.0)
+        u = u[row_offset:row_offset + rows]  # (R, V)
+        _, sampled = tf.math.top_k(log_q[None, :] - tf.math.log(-tf.math.log(u)), k=self.num_sampled,
+                                   sorted=False)  # (R, S)
+        return tf.cast(sampled, tf.int64)
+
+    def sample(self, labels: tf.Tensor, mask: tf.Tensor, step: tf.Tensor):
+        del mask
         sampled = self._draw(self.log_q, step)  # (S,)
         return (sampled, tf.gather(self.expected, tf.cast(labels, tf.int64)),  # (N,)
                 tf.gather(self.expected, sampled))  # (S,)
+
+    def sample_rows(self, labels: tf.Tensor, mask: tf.Tensor, step: tf.Tensor, row_offset=0, global_rows=0):
+        del mask
+        sampled = self._draw_rows(self.log_q, step, row_offset, tf.shape(labels)[0], global_rows)  # (R, S)
+        return sampled, tf.gather(self.expected, tf.cast(labels, tf.int64)), tf.gather(self.expected, sampled)
 
     def variables(self) -> list:
         """State to checkpoint (none for fixed distributions)."""
@@ -114,21 +135,34 @@ class LearnedUnigramSampler(Sampler):
         self.counts = tf.Variable(tf.ones([vocab_size], tf.float32), trainable=False, name="learned_counts",
                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
-    def sample(self, labels: tf.Tensor, mask: tf.Tensor, num_sampled: int, step: tf.Tensor):
+    def _distribution(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """(log q (V,), expected counts (V,)) from the counts so far."""
         weights = tf.pow(self.counts, self.distortion)  # (V,)
         q = weights / tf.reduce_sum(weights)
-        sampled = self._draw(tf.math.log(q), step)
         expected = -tf.math.expm1(_tries_tf(q, self.num_sampled) * tf.math.log1p(-tf.minimum(q, 1.0 - 1e-7)))
-        expected = tf.maximum(expected, 1e-30)  # (V,)
-        labels = tf.cast(labels, tf.int64)
-        true_expected = tf.gather(expected, labels)
-        sampled_expected = tf.gather(expected, sampled)
-        with tf.control_dependencies([sampled, true_expected, sampled_expected]):
-            seen = tf.IndexedSlices(tf.cast(mask, tf.float32), labels, tf.shape(self.counts, out_type=tf.int64))
+        return tf.math.log(q), tf.maximum(expected, 1e-30)
+
+    def _count(self, labels: tf.Tensor, mask: tf.Tensor, *drawn: tf.Tensor) -> tuple:
+        """Add the labels of every replica's real tokens to the counts, after the draw; what follows depends on the
+        update, so that every replica runs its collectives in the same order."""
+        labels, mask = tf.reshape(labels, [-1]), tf.reshape(tf.cast(mask, tf.float32), [-1])
+        with tf.control_dependencies(list(drawn)):
+            seen = tf.IndexedSlices(mask, labels, tf.shape(self.counts, out_type=tf.int64))
             updated = self.counts.scatter_add(replicas.total(seen))  # the labels of every replica's rows
-        # What follows depends on the update, so that every replica runs its collectives in the same order.
         with tf.control_dependencies([updated]):
-            return tf.identity(sampled), tf.identity(true_expected), tf.identity(sampled_expected)
+            return tuple(tf.identity(t) for t in drawn)
+
+    def sample(self, labels: tf.Tensor, mask: tf.Tensor, step: tf.Tensor):
+        log_q, expected = self._distribution()
+        labels = tf.cast(labels, tf.int64)
+        sampled = self._draw(log_q, step)
+        return self._count(labels, mask, sampled, tf.gather(expected, labels), tf.gather(expected, sampled))
+
+    def sample_rows(self, labels: tf.Tensor, mask: tf.Tensor, step: tf.Tensor, row_offset=0, global_rows=0):
+        log_q, expected = self._distribution()
+        labels = tf.cast(labels, tf.int64)
+        sampled = self._draw_rows(log_q, step, row_offset, tf.shape(labels)[0], global_rows)  # (R, S)
+        return self._count(labels, mask, sampled, tf.gather(expected, labels), tf.gather(expected, sampled))
 
     def variables(self) -> list:
         return [self.counts]

@@ -26,6 +26,7 @@ from lmcli import replicas
 from lmcli.config import LossConfig
 from lmcli.losses import sharding
 from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
+from lmcli.losses.resample import resample
 from lmcli.losses.sampled import label_first_losses, real_rows, sampled_logits
 
 SampledValues = Sequence[Any]  # (sampled (S,), true_expected (B, num_true), sampled_expected (S,))
@@ -219,22 +220,27 @@ def resampling_temperature(config: LossConfig, step: Any, total_steps: int) -> t
 def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> StrategyOutput:
     """Per-token TAPAS losses (N,); 0 where mask is 0, and padded rows take no part in the resampling.
 
-    The first pass draws `num_sampled` candidates with `ctx.sampler`; the second keeps the `num_resampled`
-    with the best scores (TF1's `rank_resample` semantics; under tf.distribute the scores are taken over the
-    global batch's rows) at the scheduled temperature; the loss is the sampled softmax over the kept candidates
-    with their first-pass expected counts. Logits: (M, 1 + K), the
+    The first pass draws `num_sampled` candidates with `ctx.sampler`; the second keeps `num_resampled` of them by
+    their scores at the scheduled temperature (under tf.distribute the scores are taken over the global batch's
+    rows): `--tapas-correction none` keeps the best ones with their first-pass expected counts (TF1's
+    `rank_resample`), `resample` draws them and corrects each by its probability of being kept
+    (`lmcli.losses.resample`). The loss is the sampled softmax over the kept candidates. Logits: (M, 1 + K), the
     label first, for the M real tokens.
     """
     if ctx.sampler is None:
         raise ValueError("the tapas loss needs a candidate sampler (StrategyContext.sampler)")
     rows, h, y = real_rows(inputs.hidden, tf.cast(inputs.labels, tf.int64), inputs.mask)  # (M,), (M, D), (M,)
     step = inputs.clock.step
-    first = ctx.sampler.sample(y, tf.ones_like(y, tf.float32), config.num_sampled, step)
+    first = ctx.sampler.sample(y, tf.ones_like(y, tf.float32), step)
     temperature = resampling_temperature(config, step, inputs.clock.total_steps)
     sampled, true_expected, sampled_expected = (tf.stop_gradient(v) for v in first)
     scores = resampling_scores(inputs.weights, inputs.bias, h, sampled, temperature)  # (S,): this replica's rows
-    _, keep = tf.math.top_k(replicas.logsumexp(scores), k=config.num_resampled, sorted=False)  # every row votes
-    kept, kept_expected = tf.gather(sampled, keep), tf.gather(sampled_expected, keep)  # (K,), (K,)
+    scores = replicas.logsumexp(scores)  # every row of the global batch votes
+    if config.tapas_correction == "resample":
+        kept, kept_expected = resample(scores, sampled, sampled_expected, config.num_resampled, ctx.seed, step)
+    else:  # TF1: the best scores, with their first-pass expected counts
+        _, keep = tf.math.top_k(scores, k=config.num_resampled, sorted=False)  # (K,)
+        kept, kept_expected = tf.gather(sampled, keep), tf.gather(sampled_expected, keep)  # (K,), (K,)
     logits = sampled_logits(inputs.weights, inputs.bias, h, y, kept, true_expected, kept_expected,
                             config.remove_accidental_hits)  # (M, 1 + K)
     losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)

@@ -199,7 +199,8 @@ class LanguageModel(keras.Model):
         inputs = LossInputs(w, b, tf.reshape(hidden, [-1, self.output_dim]),  # (N, D)
                             tf.reshape(data["labels"], [-1]), tf.reshape(mask, [-1]),  # (N,), (N,)
                             Clock(step, data.get("epoch", 0.0), self.total_steps), self.embedding.matrix(),
-                            extras, self.train_tokens)
+                            extras, self.train_tokens, tf.shape(mask)[0], data.get("row_offset", 0),
+                            data.get("global_rows", 0))
         loss, sums, facts = self.objective(inputs, count, replicas)
         return loss, sums, facts, state
 

@@ -25,10 +25,13 @@ def sharpened_log_probs(logits: tf.Tensor, power: float, rounds: int) -> tf.Tens
 
 def expected_embedding(p: tf.Tensor, out: StrategyOutput, embeddings: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """p @ E over the strategy's classes, (M, E), with E's rows gathered (never tiled)."""
-    shared = embeddings if out.classes is None else tf.gather(embeddings, out.classes)  # (C', E)
-    if not out.label_first:
-        return tf.matmul(p, shared)  # (M, E)
-    return p[:, :1] * tf.gather(embeddings, labels) + tf.matmul(p[:, 1:], shared)  # (M, E)
+    shared = embeddings if out.classes is None else tf.gather(embeddings, out.classes)  # (C', E) or (R, C', E)
+    own = p[:, :1] * tf.gather(embeddings, labels) if out.label_first else 0.0  # (M, E)
+    rest = p[:, 1:] if out.label_first else p  # (M, C')
+    if len(shared.shape) == 2:
+        return own + tf.matmul(rest, shared)  # (M, E)
+    per_row = tf.reshape(rest, tf.stack([tf.shape(shared)[0], -1, tf.shape(rest)[-1]]))  # (R, G, C')
+    return own + tf.reshape(tf.matmul(per_row, shared), [-1, tf.shape(shared)[-1]])  # (M, E): row r's own set
 
 
 def distance(predicted: tf.Tensor, target: tf.Tensor, kind: str) -> tf.Tensor:
