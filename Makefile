@@ -7,7 +7,7 @@ DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quality lint clean install
+.PHONY: demo test bench bench-quality bench-terms bench-ablation lint clean install
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ bench: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
+
+bench-terms: $(STAMP)
+	$(BIN)/python bench/quality.py --tables terms
+
+bench-ablation: $(STAMP)
+	$(BIN)/python bench/ablation.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmcli tests bench sample_data

@@ -17,10 +17,14 @@ TERMS_TARGET = 0.9  # sampled with a loss term / sampled without, at V = 100k
 EXTRAS = "embedding,ar,tar,variational,word-dropout"
 
 
-def run_json(script: str, *args: str) -> dict:
+def run_json(script: str, *args: str, echo: bool = False) -> dict:
+    """The JSON report `script --json` prints last; with `echo`, its table (the lines before) is printed too."""
     out = subprocess.run([sys.executable, os.path.join(HERE, script), *args, "--json"], check=True,
                          capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    if echo:
+        print("\n".join(lines[:-1]), flush=True)
+    return json.loads(lines[-1])
 
 
 def ratio(a, b):
@@ -57,21 +61,27 @@ def main() -> None:
     a = p.parse_args()
     report = {"train_speed": []}
     print("training tokens/s, E = H = 512, batch 32 x 35 (one process per vocabulary)", flush=True)
-    print(f"{'V':>7} {'full':>8} {'sampled':>8} {'tapas':>8} {'floor':>8} | {'samp/full':>9} {'target':>6}"
-          f" {'samp/floor':>10} {'tapas/samp':>10}", flush=True)
+    print("(sampled: 2048 shared candidates; row: --candidate-sets row, 256 per row; tapas: 2048 -> 1024)", flush=True)
+    print(f"{'V':>7} {'full':>8} {'sampled':>8} {'row':>8} {'tapas':>8} {'floor':>8} | {'samp/full':>9} {'target':>6}"
+          f" {'samp/floor':>10} {'row/samp':>8} {'tapas/samp':>10}", flush=True)
     for vocab in [int(v) for v in a.vocabs.split(",")]:
         r = run_json("train_speed.py", "--vocab", str(vocab), "--steps", str(a.steps))
         t = r["tokens_per_s"]
         r["ratios"] = {"sampled_over_full": ratio(t.get("sampled"), t.get("full")),
                        "sampled_over_floor": ratio(t.get("sampled"), t.get("floor")),
-                       "tapas_over_sampled": ratio(t.get("tapas"), t.get("sampled"))}
+                       "tapas_over_sampled": ratio(t.get("tapas"), t.get("sampled")),
+                       "row_over_sampled": ratio(t.get("sampled-row"), t.get("sampled"))}
         report["train_speed"].append(r)
         rr = r["ratios"]
         print(f"{vocab:>7} {fmt(t.get('full'), '.0f'):>8} {fmt(t.get('sampled'), '.0f'):>8} "
-              f"{fmt(t.get('tapas'), '.0f'):>8} {fmt(t.get('floor'), '.0f'):>8} | "
+              f"{fmt(t.get('sampled-row'), '.0f'):>8} {fmt(t.get('tapas'), '.0f'):>8} "
+              f"{fmt(t.get('floor'), '.0f'):>8} | "
               f"{fmt(rr['sampled_over_full']):>9} {'>=' + format(TARGETS.get(vocab, 0), '.0f'):>6} "
-              f"{fmt(rr['sampled_over_floor']):>10} {fmt(rr['tapas_over_sampled']):>10}", flush=True)
+              f"{fmt(rr['sampled_over_floor']):>10} {fmt(rr['row_over_sampled']):>8} "
+              f"{fmt(rr['tapas_over_sampled']):>10}", flush=True)
     report["terms_speed"] = terms_table(a.steps)
+    print(flush=True)
+    report["scale"] = run_json("scale.py", "--steps", str(a.steps), echo=True)
     if os.path.exists(os.path.join(HERE, "generate_speed.py")):
         g = run_json("generate_speed.py")
         report["generate_speed"] = g

@@ -34,8 +34,12 @@ from lmcli.model import build_model  # noqa: E402
 from lmcli.objective import Objective  # noqa: E402
 from lmcli.optim import make_optimizer  # noqa: E402
 
-STRATEGIES = ("full", "sampled", "tapas", "floor")
-LOSS_OPTIONS = {"sampled": {"num_sampled": 1024}, "tapas": {"num_sampled": 2048, "num_resampled": 1024}}
+LOSSES = {  # name -> (--loss, other loss options): the defaults (sampled 2048 shared, tapas 2048 -> 1024 resample)
+    "full": ("full", {}), "sampled": ("sampled", {}), "sampled-row": ("sampled", {"candidate_sets": "row",
+                                                                                   "num_sampled": 256}),
+    "tapas": ("tapas", {}), "floor": ("full", {}),
+}
+STRATEGIES = tuple(LOSSES)
 EXTRAS = {  # --extras: one loss term or embedding regulariser at a time, on top of the strategy
     "embedding": {"terms": {"aux_loss": ("embedding",)}},
     "ar": {"terms": {"aux_loss": ("ar",)}},
@@ -62,7 +66,7 @@ def run_config(name: str, vocab: int, dim: int, extra: str = "") -> RunConfig:
     # The optimizer lmcli picks: adam for full, lazy-adam for sampled/tapas. The floor uses lazy-adam too, so
     # that its embedding update is row-sparse as in the sampled runs and only the output layer is missing.
     return RunConfig(model=model,
-                     loss=LossConfig(name="full" if name == "floor" else name, **LOSS_OPTIONS.get(name, {})),
+                     loss=LossConfig(name=LOSSES[name][0], **LOSSES[name][1]),
                      terms=TermsConfig(**EXTRAS.get(extra, {}).get("terms", {})),
                      train=TrainConfig(optimizer="lazy-adam" if name == "floor" else "auto")).resolved()
 

@@ -50,6 +50,20 @@ def test_parameter_count_and_estimate_parts():
         memory.check(memory.estimate(cfg, available=10**6))
 
 
+def test_per_row_candidate_sets_add_their_noise_and_gathers_to_the_step():
+    """`--candidate-sets row` draws Gumbel noise over V for each of the global batch's rows (uniform, log, sum:
+    3 x rows x V floats) and gathers S rows of W per batch row (and their gradient)."""
+    def step(sets, replicas=1):
+        cfg = RunConfig(model=ModelConfig(vocab_size=100_000, embedding_dim=64, hidden=64),
+                        loss=LossConfig(name="sampled", num_sampled=256, candidate_sets=sets),
+                        train=TrainConfig(optimizer="lazy-adam")).resolved()
+        return memory.estimate(cfg, replicas, available=10**12).training_step, cfg.data.batch_size
+
+    (batch, rows), (row, _) = step("batch"), step("row")
+    assert row - batch == 4 * (3 * rows * 100_000 + 2 * rows * 256 * 64)
+    assert step("row", 2)[0] - step("batch", 2)[0] == 4 * (3 * rows * 100_000 + 2 * (rows // 2) * 256 * 64)
+
+
 def test_a_configuration_far_too_large_exits_before_allocating_and_leaves_no_run_dir(tiny_data_dir, tmp_path):
     run = tmp_path / "run"
     r = invoke("train", tiny_data_dir, "--run-dir", run, "--hidden", 200000, "--embedding-dim", 100000, "--quiet")
