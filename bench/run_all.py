@@ -61,22 +61,25 @@ def main() -> None:
     a = p.parse_args()
     report = {"train_speed": []}
     print("training tokens/s, E = H = 512, batch 32 x 35 (one process per vocabulary)", flush=True)
-    print("(sampled: 2048 shared candidates; row: --candidate-sets row, 256 per row; tapas: 2048 -> 1024)", flush=True)
-    print(f"{'V':>7} {'full':>8} {'sampled':>8} {'row':>8} {'tapas':>8} {'floor':>8} | {'samp/full':>9} {'target':>6}"
-          f" {'samp/floor':>10} {'row/samp':>8} {'tapas/samp':>10}", flush=True)
+    print("(sampled: 2048 shared candidates, the default; s1024: 1024, the earlier default; row: --candidate-sets "
+          "row, 256 per row; tapas: 2048 -> 1024)", flush=True)
+    print(f"{'V':>7} {'full':>8} {'sampled':>8} {'s1024':>8} {'row':>8} {'tapas':>8} {'floor':>8} | {'samp/full':>9}"
+          f" {'target':>6} {'s1024/full':>10} {'samp/floor':>10} {'row/samp':>8} {'tapas/samp':>10}", flush=True)
     for vocab in [int(v) for v in a.vocabs.split(",")]:
         r = run_json("train_speed.py", "--vocab", str(vocab), "--steps", str(a.steps))
         t = r["tokens_per_s"]
         r["ratios"] = {"sampled_over_full": ratio(t.get("sampled"), t.get("full")),
                        "sampled_over_floor": ratio(t.get("sampled"), t.get("floor")),
                        "tapas_over_sampled": ratio(t.get("tapas"), t.get("sampled")),
-                       "row_over_sampled": ratio(t.get("sampled-row"), t.get("sampled"))}
+                       "row_over_sampled": ratio(t.get("sampled-row"), t.get("sampled")),
+                       "sampled_1024_over_full": ratio(t.get("sampled-1024"), t.get("full"))}
         report["train_speed"].append(r)
         rr = r["ratios"]
         print(f"{vocab:>7} {fmt(t.get('full'), '.0f'):>8} {fmt(t.get('sampled'), '.0f'):>8} "
-              f"{fmt(t.get('sampled-row'), '.0f'):>8} {fmt(t.get('tapas'), '.0f'):>8} "
-              f"{fmt(t.get('floor'), '.0f'):>8} | "
+              f"{fmt(t.get('sampled-1024'), '.0f'):>8} {fmt(t.get('sampled-row'), '.0f'):>8} "
+              f"{fmt(t.get('tapas'), '.0f'):>8} {fmt(t.get('floor'), '.0f'):>8} | "
               f"{fmt(rr['sampled_over_full']):>9} {'>=' + format(TARGETS.get(vocab, 0), '.0f'):>6} "
+              f"{fmt(rr['sampled_1024_over_full']):>10} "
               f"{fmt(rr['sampled_over_floor']):>10} {fmt(rr['row_over_sampled']):>8} "
               f"{fmt(rr['tapas_over_sampled']):>10}", flush=True)
     report["terms_speed"] = terms_table(a.steps)

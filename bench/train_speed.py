@@ -37,7 +37,7 @@ from lmcli.optim import make_optimizer  # noqa: E402
 LOSSES = {  # name -> (--loss, other loss options): the defaults (sampled 2048 shared, tapas 2048 -> 1024 resample)
     "full": ("full", {}), "sampled": ("sampled", {}), "sampled-row": ("sampled", {"candidate_sets": "row",
                                                                                    "num_sampled": 256}),
-    "tapas": ("tapas", {}), "floor": ("full", {}),
+    "sampled-1024": ("sampled", {"num_sampled": 1024}), "tapas": ("tapas", {}), "floor": ("full", {}),
 }
 STRATEGIES = tuple(LOSSES)
 EXTRAS = {  # --extras: one loss term or embedding regulariser at a time, on top of the strategy
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                    "each strategy, as 'strategy+extra'")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    names = [n for n in a.strategies.split(",") if n == "floor" or n in losses.STRATEGIES]
+    names = [n for n in a.strategies.split(",") if n in LOSSES]
     runs = [(n, "") for n in names] + [(n, e) for e in a.extras.split(",") if e for n in names if n != "floor"]
     rates = measure_all(runs, a.vocab, a.steps, a.batch, a.seq_len, a.dim, a.rounds)
     result = {"vocab": a.vocab, "steps": a.steps, "rounds": a.rounds, "batch": a.batch, "seq_len": a.seq_len,

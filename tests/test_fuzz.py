@@ -23,6 +23,7 @@ from lmcli.cli.main import app
 from lmcli.config import (
     AUX_DISTANCES,
     AUX_LOSSES,
+    CANDIDATE_SETS,
     DISTRIBUTES,
     LOSSES,
     LR_SCHEDULES,
@@ -32,6 +33,7 @@ from lmcli.config import (
     PADDINGS,
     PRECISIONS,
     SAMPLERS,
+    TAPAS_CORRECTIONS,
     TEMPERATURE_DECAYS,
     DataConfig,
     GenerateConfig,
@@ -151,7 +153,8 @@ FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-2,
 CHOICES = {"padding": PADDINGS, "pad_side": PAD_SIDES, "name": LOSSES, "sampler": SAMPLERS,
            "temperature_decay": TEMPERATURE_DECAYS, "optimizer": OPTIMIZERS, "model_type": MODEL_TYPES,
            "encoding_errors": ("strict", "replace"), "aux_distance": AUX_DISTANCES, "lr_schedule": LR_SCHEDULES,
-           "precision": PRECISIONS, "distribute": DISTRIBUTES, "devices": ("", "cpu:0", "gpu:0,gpu:1")}
+           "precision": PRECISIONS, "distribute": DISTRIBUTES, "devices": ("", "cpu:0", "gpu:0,gpu:1"),
+           "candidate_sets": CANDIDATE_SETS, "tapas_correction": TAPAS_CORRECTIONS}
 
 
 def values_for(cls: type) -> st.SearchStrategy[dict[str, Any]]:
@@ -192,6 +195,8 @@ def test_run_config_validation_accepts_or_raises_config_error(model, data, loss,
     assert all(finite(w) and w >= 0 for w in (cfg.terms.aux_weight, cfg.terms.kl_weight, cfg.terms.ar_alpha))
     if cfg.loss.name != "full":
         assert finite(cfg.loss.unigram_distortion) and 0 < cfg.loss.num_sampled <= m.vocab_size
+    assert cfg.loss.candidate_sets in CANDIDATE_SETS and cfg.loss.tapas_correction in TAPAS_CORRECTIONS
+    assert not (cfg.loss.name == "tapas" and cfg.loss.candidate_sets == "row")
 
 
 @settings(max_examples=150, deadline=None)

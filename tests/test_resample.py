@@ -57,3 +57,52 @@ def test_temperature_moves_the_draw_from_the_best_score_to_uniform(temperature, 
     kept = [int(resample(scores, first, q, 1, seed=5, step=tf.constant(s, tf.int64))[0][0]) for s in range(600)]
     freq = np.bincount(kept, minlength=3) / len(kept)
     assert check(freq), freq
+
+
+def test_kept_candidates_carry_first_pass_count_times_second_pass_inclusion():
+    """With K < S each kept candidate's expected count is its first-pass count times its probability of
+    surviving the second pass (not the first-pass count alone, which is TF1's)."""
+    scores = tf.constant([0.5, -1.0, 2.0, 0.0, 1.0, -0.5])
+    first = tf.constant([10, 11, 12, 13, 14, 15], tf.int64)
+    q_first = tf.constant([0.9, 0.2, 0.5, 0.7, 0.3, 0.6])
+    kept, kept_q = resample(scores, first, q_first, 3, seed=2, step=tf.constant(4, tf.int64))
+    pi = inclusion_probabilities(scores, 3).numpy()
+    pos = kept.numpy() - 10
+    assert len(set(pos)) == 3
+    np.testing.assert_allclose(kept_q.numpy(), q_first.numpy()[pos] * pi[pos], rtol=1e-6)
+    assert np.all(pi[pos] < 1)
+
+
+class FixedFirstPass:
+    def __init__(self, cand, q):
+        self.cand, self.q = tf.constant(cand, tf.int64), tf.constant(q, tf.float32)
+
+    def sample(self, labels, mask, step):
+        return self.cand, tf.fill(tf.shape(labels), 0.4), self.q
+
+
+def test_the_tapas_strategy_draws_its_second_pass_with_resample():
+    """`--loss tapas` (default correction) on real rows equals the sampled softmax over what `resample` keeps
+    from the scores of the real rows, with the run's seed and step; padded rows get 0 and do not vote."""
+    from lmcli import losses
+    from lmcli.config import LossConfig
+
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(size=(12, 3)).astype(np.float32), rng.normal(size=12).astype(np.float32)
+    h, y = rng.normal(size=(5, 3)).astype(np.float32), np.array([1, 4, 4, 9, 0], np.int64)
+    mask = np.array([1, 1, 0, 1, 1], np.float32)
+    cand, q = [2, 3, 5, 7, 8, 10], [0.5, 0.4, 0.3, 0.6, 0.2, 0.7]
+    cfg = LossConfig(name="tapas", num_sampled=6, num_resampled=3, resampling_temperature=0.7)
+    assert cfg.tapas_correction == "resample"
+    got = losses.per_token(cfg, w, b, h, y, mask, step=9, sampler=FixedFirstPass(cand, q), seed=3).numpy()
+    real = mask > 0
+    scores = resampling_scores(w, b, h[real], tf.constant(cand, tf.int64), 0.7)
+    kept, kept_q = resample(scores, tf.constant(cand, tf.int64), tf.constant(q), 3, seed=3,
+                            step=tf.constant(9, tf.int64))
+    want = sampled_logits_loss(w, b, h[real], y[real], kept, tf.fill([4], 0.4), kept_q).numpy()
+    np.testing.assert_allclose(got[real], want, rtol=1e-5)
+    assert got[2] == 0
+    top = sampled_logits_loss(w, b, h[real], y[real], tf.gather(tf.constant(cand, tf.int64),
+                              tf.math.top_k(scores, 3).indices), tf.fill([4], 0.4),
+                              tf.gather(tf.constant(q), tf.math.top_k(scores, 3).indices)).numpy()
+    assert not np.allclose(got[real], top)  # not TF1's top-k with first-pass counts
