@@ -106,3 +106,16 @@ def test_the_tapas_strategy_draws_its_second_pass_with_resample():
                               tf.math.top_k(scores, 3).indices), tf.fill([4], 0.4),
                               tf.gather(tf.constant(q), tf.math.top_k(scores, 3).indices)).numpy()
     assert not np.allclose(got[real], top)  # not TF1's top-k with first-pass counts
+
+
+def test_the_second_pass_draws_noise_apart_from_the_first():
+    """With equal scores the kept candidates are the top K of the second pass's Gumbel noise. Over 50 steps they
+    are not those of the first pass's stream (the same (seed, step) key), which would tie the passes together:
+    independent draws coincide about 50 / C(6, 2) = 3.3 times."""
+    same = 0
+    for step in range(50):
+        kept = resample(tf.zeros([6]), tf.range(6, dtype=tf.int64), tf.ones([6]), 2, seed=1,
+                        step=tf.constant(step, tf.int64))[0].numpy()
+        u = tf.random.stateless_uniform([6], seed=tf.constant([1, step], tf.int64), minval=1e-20, maxval=1.0)
+        same += set(kept) == set(np.argsort(np.log(-np.log(u.numpy())))[:2])
+    assert same < 15, same
