@@ -76,7 +76,7 @@ def train(
         "--remove-accidental-hits", "--keep-accidental-hits", "Drop candidates equal to the label.",
         L.remove_accidental_hits, LOSS)] = None,
     candidate_sets: Annotated[Optional[str], _opt(
-        "sampled: one candidate set per batch, or one per batch row (better at small V, costs rows x V per step).",
+        "sampled: one candidate set shared by the batch, or one per batch row (costs rows x V per step).",
         L.candidate_sets, LOSS, names=CANDIDATE_SETS)] = None,
     num_resampled: Annotated[Optional[int], _opt("tapas: candidates kept by the second pass (< --num-sampled).",
                                                  L.num_resampled, LOSS)] = None,
