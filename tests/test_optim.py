@@ -96,6 +96,15 @@ def test_merge_duplicate_rows_sums_repeated_indices():
     assert merge_duplicate_rows(dense) is dense
 
 
+def test_rows_whose_gradient_is_exactly_zero_are_not_touched():
+    """A padded position looks up row 0 with a zero gradient, and two rows can cancel: neither reaches the
+    optimizer, so a lazy optimizer does not move them by their momentum (whether a row moves must not depend
+    on how much padding a batch holds or how it is split over replicas)."""
+    merged = merge_duplicate_rows(slices([0, 2, 3, 3], [[0.0, 0.0], [1.0, -1.0], [2.0, 1.0], [-2.0, -1.0]], (4, 2)))
+    assert merged.indices.numpy().tolist() == [2]
+    np.testing.assert_array_equal(merged.values.numpy(), [[1.0, -1.0]])
+
+
 def test_duplicate_indices_update_like_the_summed_gradient():
     g1, g2, g3 = rng_matrix(40, (3, 3))
     repeated, summed = LazyAdam(**HYPER), LazyAdam(**HYPER)

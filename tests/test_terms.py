@@ -205,3 +205,16 @@ def test_term_registry_errors():
     with pytest.raises(ConfigError, match="the kl term comes with --variational-embedding"):
         TermsConfig(aux_loss=("kl",)).validate()
     assert set(TERMS) == {"embedding", "ar", "tar", "kl"}
+
+
+def test_per_row_candidate_sets_weight_each_row_by_its_own_candidates():
+    """With `--candidate-sets row` (classes (R, C')), token t of batch row r mixes its label's embedding and row r's
+    candidates' embeddings, as numpy computes it row by row."""
+    rng = np.random.default_rng(7)
+    classes = np.array([[1, 5, 6], [0, 2, 7]])  # (R=2, C'=3): 4 tokens per row below
+    labels = np.array([3, 4, 0, 7, 2, 1, 5, 6])
+    p = rng.dirichlet(np.ones(4), size=8).astype(np.float32)  # (M=8, 1 + C')
+    out = StrategyOutput(tf.zeros([8]), tf.math.log(tf.constant(p)), None, tf.constant(classes), label_first=True)
+    got = embedding.expected_embedding(tf.constant(p), out, tf.constant(EMB), tf.constant(labels)).numpy()
+    want = np.stack([p[t, 0] * EMB[labels[t]] + p[t, 1:] @ EMB[classes[t // 4]] for t in range(8)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
