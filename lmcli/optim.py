@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from lmcli.config import TrainConfig
 from lmcli.errors import ConfigError
+from lmcli.replicas import local
 
 
 def merge_duplicate_rows(grad):
@@ -44,9 +45,10 @@ def merge_duplicate_rows(grad):
     return tf.IndexedSlices(tf.boolean_mask(values, nonzero), tf.boolean_mask(unique, nonzero), grad.dense_shape)
 
 
-def _native(variable) -> tf.Variable:
-    """The tf.Variable behind a Keras variable (the TF backend passes either to `update_step`)."""
-    return variable.value if isinstance(variable, keras.Variable) else variable
+def _native(variable, like=None) -> tf.Variable:
+    """The tf.Variable behind a Keras variable (the TF backend passes either to `update_step`); for a mirrored slot,
+    its copy on the device of `like` (the variable being updated), so that gathers read only their rows."""
+    return local(variable.value if isinstance(variable, keras.Variable) else variable, like)
 
 
 class LazyAdam(keras.optimizers.Optimizer):
@@ -92,7 +94,9 @@ class LazyAdam(keras.optimizers.Optimizer):
         beta_2_power = tf.pow(tf.cast(self.beta_2, dtype), step)
         alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         if isinstance(gradient, tf.IndexedSlices):
-            self._sparse_step(merge_duplicate_rows(gradient), _native(variable), _native(m), _native(v), alpha)
+            variable = _native(variable)
+            self._sparse_step(merge_duplicate_rows(gradient), variable, _native(m, variable), _native(v, variable),
+                              alpha)
         else:
             self._dense_step(tf.cast(gradient, dtype), variable, m, v, alpha)
 

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from lmcli.model.noise import VARIATIONAL, WORD_DROPOUT, Noise
+from lmcli.replicas import local
 from lmcli.terms.variational import clipped
 
 INITIAL_LOG_ALPHA = -6.0  # alpha ~ 0.0025: almost no noise at the start
@@ -58,12 +59,12 @@ class WordEmbedding(keras.layers.Layer):
         return self._embeddings
 
     def matrix(self) -> tf.Variable:
-        """E, the tf.Variable itself (gathers read only their rows)."""
-        return self._embeddings.value
+        """E, the tf.Variable itself (gathers read only their rows); under tf.distribute, this replica's copy."""
+        return local(self._embeddings.value)
 
     def extras(self) -> dict:
         """What the loss terms may read: log alpha (V,) when variational."""
-        return {"log_alpha": self.log_alpha.value} if self.variational else {}
+        return {"log_alpha": local(self.log_alpha.value)} if self.variational else {}
 
     def call(self, ids: tf.Tensor, noise: Optional[Noise] = None) -> tf.Tensor:
         """ids (B, ...) -> vectors (B, ..., E); `noise` (training) turns on the regularisers."""
@@ -75,7 +76,7 @@ class WordEmbedding(keras.layers.Layer):
             scale = tf.cast(tf.gather(keep, ids), x.dtype) / (1.0 - self.word_dropout)  # (B, T)
             x = x * scale[..., None]
         if self.variational:
-            alpha = tf.exp(clipped(tf.gather(self.log_alpha.value, ids)))  # (B, T)
+            alpha = tf.exp(clipped(tf.gather(local(self.log_alpha.value), ids)))  # (B, T)
             eps = noise.rows(VARIATIONAL, tf.shape(alpha), normal=True)  # (B, T)
             x = x * (1.0 + tf.sqrt(alpha) * eps)[..., None]
         return x

@@ -21,6 +21,7 @@ from lmcli.model.noise import EMBEDDING_DROPOUT, LAYER_DROPOUT, Noise
 from lmcli.model.output import OutputLayer
 from lmcli.model.scoring import sums, token_scores
 from lmcli.optim import merge_duplicate_rows
+from lmcli.replicas import local
 
 State = list  # [(h (B, H), c (B, H)) per layer]
 Objective = Callable[..., tuple]  # lmcli.objective.Objective: (LossInputs, count, replicas) -> (loss, sums, facts)
@@ -92,10 +93,11 @@ class LanguageModel(keras.Model):
 
         These are the tf.Variables behind the Keras weights: `tf.gather` on them reads only the gathered
         rows, while a gather on the Keras wrapper first reads the whole matrix, which after a row-sparse
-        update (copy-on-read) copies all V x D values every time.
+        update (copy-on-read) copies all V x D values every time. Under tf.distribute they are this replica's
+        copies (`lmcli.replicas.local`): a gather on the mirrored variable would read all of it.
         """
-        w = self.embedding.matrix() if self.tie_embeddings else self.output_layer.kernel.value
-        return w, self.output_layer.bias.value
+        w = self.embedding.matrix() if self.tie_embeddings else local(self.output_layer.kernel.value)
+        return w, local(self.output_layer.bias.value)
 
     @property
     def extras_provided(self) -> frozenset:
