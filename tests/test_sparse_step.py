@@ -1,0 +1,107 @@
+"""The distributed sampled step is flat in V: it never materialises a dense [V, D] (or [V, E]) tensor, checked on
+the traced step's graph and by its cost (the allocator's peak during a step at two vocabulary sizes).
+
+Before issue 15 every gather from a mirrored variable (W, b, E, LazyAdam's slots) read the whole variable: a
+`ReadVariableOp` with a [V, D] output in each replica and each update, and a copy of all V x D values per read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig
+from lmcli.distribution import make_cluster, make_step, replica_feeds
+from lmcli.model import build_model
+from lmcli.objective import Objective
+from lmcli.optim import make_optimizer
+
+V, E, D = 1013, 12, 14  # sizes no other tensor of the step has
+CASES = {
+    "sampled": ({"name": "sampled", "num_sampled": 40}, {}, ()),
+    "sampled-row": ({"name": "sampled", "num_sampled": 40, "candidate_sets": "row"}, {}, ()),
+    "tapas": ({"name": "tapas", "num_sampled": 40, "num_resampled": 20}, {}, ()),
+    "tied, embedding term": ({"name": "sampled", "num_sampled": 40}, {"tie_embeddings": True, "hidden": E},
+                             ("embedding",)),
+    "variational, word dropout": ({"name": "sampled", "num_sampled": 40},
+                                  {"variational_embedding": True, "embedding_dropout": 0.1}, ("tar",)),
+}
+
+
+def _step(vocab: int, loss: dict, model: dict, terms: tuple, dim: int = D, emb: int = E, rows: int = 4):
+    """(step function, per-replica feeds) of lmcli's distributed step on 2 logical CPU devices."""
+    model = {"embedding_dim": emb, "hidden": dim, **model}
+    cfg = RunConfig(model=ModelConfig(vocab_size=vocab, **model), loss=LossConfig(**loss),
+                    terms=TermsConfig(aux_loss=terms)).resolved()
+    cluster = make_cluster("mirrored", "cpu:0,cpu:1")
+    with cluster.strategy.scope():
+        net = build_model(cfg.model)
+        optimizer = make_optimizer(cfg.train)
+        optimizer.build(net.trainable_variables)
+        counts = (1e5 / np.arange(1, vocab + 1)).astype(np.int64)
+        net.compile(optimizer, Objective.for_run(cfg, counts, net.extras_provided), clip_norm=1.0, total_steps=10,
+                    train_tokens=1000)
+    step = make_step(cluster, net.train_step, {"loss", "strategy_loss", "tokens", *cfg.term_names})
+    ids = np.random.default_rng(0).integers(0, vocab, (rows, 9)).astype(np.int32)
+    arrays = {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": np.ones((rows, 8), np.float32)}
+    return step, (lambda i: replica_feeds(cluster, arrays, net.zero_state(rows), i, 0.0))
+
+
+def dense_vocab_tensors(graph: tf.Graph, vocab: int) -> list[str]:
+    """Ops of `graph` (and of the functions it calls) whose output has a vocab-sized first axis and a second axis:
+    a dense [V, ...] matrix."""
+    from tensorflow.python.framework import function_def_to_graph
+
+    graphs = [graph] + [function_def_to_graph.function_def_to_graph(f)
+                        for f in graph.as_graph_def().library.function]
+    found = []
+    for g in graphs:
+        for op in g.get_operations():
+            for out in op.outputs:
+                shape = out.shape
+                if shape.rank is not None and shape.rank >= 2 and shape[0] == vocab:
+                    found.append(f"{op.type} {op.name} {shape}")
+    return found
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_distributed_sampled_step_builds_no_dense_vocabulary_matrix(case):
+    """The whole step (forward, loss and terms, all-reduce, clipping, LazyAdam's update) on 2 replicas."""
+    step, feeds = _step(V, *CASES[case])
+    graph = step.get_concrete_function(feeds(0)).graph
+    assert dense_vocab_tensors(graph, V) == []
+
+
+def test_the_check_sees_a_dense_read_of_a_mirrored_variable():
+    """The check itself: a plain `tf.gather` on the mirrored W (what the step did before) is found."""
+    cluster = make_cluster("mirrored", "cpu:0,cpu:1")
+    with cluster.strategy.scope():
+        w = tf.Variable(tf.zeros([V, D]))
+
+    @tf.function
+    def gather():
+        return cluster.strategy.run(lambda: tf.gather(w, [1, 2]))
+
+    assert any(s.startswith("ReadVariableOp") for s in
+               dense_vocab_tensors(gather.get_concrete_function().graph, V))
+
+
+def _step_peak(vocab: int) -> int:
+    """Bytes the allocator takes during one distributed sampled step, beyond what it held before (D = 128)."""
+    step, feeds = _step(vocab, {"name": "sampled", "num_sampled": 64}, {}, (), dim=128, emb=128, rows=2)
+    for i in range(2):  # trace, then copy-on-write of the replicas' shared initial buffers
+        step(feeds(i))
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    float(step(feeds(2))["loss"])
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def test_the_distributed_step_costs_the_same_memory_at_two_vocabulary_sizes():
+    """From V = 10k to V = 80k one dense [V, 128] float32 copy would add 36 MB to the step's peak (before the fix
+    it read W, E and LazyAdam's slots densely: several such copies); the step may grow by its V-sized sampler
+    vectors (a few floats per class and replica), well under half of one such copy."""
+    small, large = _step_peak(10_000), _step_peak(80_000)
+    one_copy = (80_000 - 10_000) * 128 * 4
+    assert large - small < one_copy / 2, (small, large)
