@@ -1,13 +1,17 @@
-"""Scale: sampled softmax as the vocabulary grows (tokens/s and peak memory), and the cost of tf.distribute on one
-machine (1 vs 2 replicas on logical CPU devices).
+"""Scale: sampled softmax as the vocabulary grows, on one device and on two replicas (tokens/s and peak memory).
 
-    python bench/scale.py [--vocabs 32000,100000,800000] [--steps 10] [--json]
+    python bench/scale.py [--vocabs 32000,200000,800000] [--steps 10] [--json]
 
-E = H = 512, batch 32 x 35, Zipf-distributed ids, lmcli's own distributed step (`lmcli.distribution`), the
-optimizer lmcli picks (lazy-adam for sampled, adam for full). Each measurement runs in a fresh process, so its
-peak resident memory is its own; "overhead" is that peak minus the parameters and optimizer slots, which should
-not grow with V. Replica rows: the same global batch on one device and split over two logical CPU devices of the
-same two cores (so the ratio is the strategy's overhead, not a speed-up).
+E = H = 512, batch 32 x 35 (the global batch), Zipf-distributed ids, lmcli's own training step
+(`lmcli.step.build_training_step`, the optimizer lmcli picks: lazy-adam for sampled, adam for full). Each
+measurement runs in a fresh process, so its peak resident memory is its own. Two replicas are two logical CPU
+devices of the same two cores under MirroredStrategy, on the same global batch: the ratio is the strategy's
+overhead, not a speed-up. "overhead" is the peak minus the replicas' copies of the parameters and optimizer slots;
+issue 15's targets are checked at the end:
+
+- flat in V: with 2 replicas, tokens/s at the largest V >= 0.85 x tokens/s at the smallest;
+- bounded overhead: 2 replicas >= 0.8 x one replica, at every V;
+- memory: the 2-replica peak <= 2 x (parameters + slots) + the one-device overhead, at every V.
 """
 
 from __future__ import annotations
@@ -24,46 +28,37 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GB = 1e9
 
 
-def measure(loss: str, vocab: int, steps: int, replicas: int, precision: str) -> dict:
-    """One configuration, in this process (called by the child)."""
+def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
+            batch: int = 32, optimizer: str = "auto") -> dict:
+    """One configuration, in this process (called by the child): tokens/s (best of 2 rounds of `steps`), the
+    process's peak RSS and lmcli's memory estimate for it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, os.path.join(HERE, ".."))
     from lmcli.distribution import configure_cpu_devices, make_cluster
 
     devices = ",".join(f"cpu:{i}" for i in range(replicas))
     configure_cpu_devices(devices)
-    import keras
     import numpy as np
 
     from lmcli import memory
-    from lmcli.config import LossConfig, ModelConfig, RunConfig, TrainConfig
-    from lmcli.distribution import make_step, replica_feeds
-    from lmcli.model import build_model
-    from lmcli.objective import Objective
-    from lmcli.optim import make_optimizer
+    from lmcli.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+    from lmcli.distribution import replica_feeds
+    from lmcli.step import build_training_step
 
-    cfg = RunConfig(model=ModelConfig(vocab_size=vocab, embedding_dim=512, hidden=512),
-                    loss=LossConfig(name=loss),
-                    train=TrainConfig(precision=precision)).resolved()
+    cfg = RunConfig(model=ModelConfig(vocab_size=vocab, embedding_dim=dim, hidden=dim),
+                    data=DataConfig(batch_size=batch, seq_len=35), loss=LossConfig(name=loss),
+                    train=TrainConfig(precision=precision, optimizer=optimizer, clip_norm=1.0)).resolved()
     cluster = make_cluster("mirrored" if replicas > 1 else "none", devices if replicas > 1 else "")
-    keras.utils.set_random_seed(0)
-    with cluster.strategy.scope():
-        model = build_model(cfg.model, precision)
-        optimizer = make_optimizer(cfg.train)
-        optimizer.build(model.trainable_variables)
-        counts = (1e6 / np.arange(1, vocab + 1) ** 1.05).astype(np.int64)
-        model.compile(optimizer, Objective.for_run(cfg, counts, model.extras_provided), clip_norm=1.0,
-                      total_steps=1000)
-    step = make_step(cluster, model.train_step, {"loss", "strategy_loss", "tokens"})
-    rng = np.random.default_rng(0)
     probs = 1.0 / np.arange(1, vocab + 1) ** 1.05
-    batches = [rng.choice(vocab, size=(32, 36), p=probs / probs.sum()).astype(np.int32) for _ in range(4)]
-    state = model.zero_state(32)
+    built = build_training_step(cfg, cluster, (1e6 * probs).astype(np.int64), total_steps=1000)
+    rng = np.random.default_rng(0)
+    batches = [rng.choice(vocab, size=(batch, 36), p=probs / probs.sum()).astype(np.int32) for _ in range(4)]
+    state = built.model.zero_state(batch)
 
     def run(i):
         ids = batches[i % 4]
-        arrays = {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": np.ones((32, 35), np.float32)}
-        return step(replica_feeds(cluster, arrays, state, i, 0.0))
+        arrays = {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": np.ones((batch, 35), np.float32)}
+        return built.run(replica_feeds(cluster, arrays, state, i, 0.0))
 
     float(run(0)["loss"]), float(run(1)["loss"])  # trace, warm up
     best = 0.0
@@ -72,51 +67,85 @@ def measure(loss: str, vocab: int, steps: int, replicas: int, precision: str) ->
         for i in range(steps):
             out = run(2 + r * steps + i)
         float(out["loss"])
-        best = max(best, steps * 32 * 35 / (time.perf_counter() - start))
-    plan = memory.estimate(cfg, replicas=replicas)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"loss": loss, "vocab": vocab, "replicas": replicas, "precision": precision, "tokens_per_s": best,
-            "peak_bytes": peak, "parameters_and_slots": plan.parameters + plan.optimizer_slots,
-            "estimate_training": plan.runtime + plan.parameters + plan.optimizer_slots + plan.training_step}
+        best = max(best, steps * batch * 35 / (time.perf_counter() - start))
+    place = memory.placement(cluster.devices)
+    plan = memory.estimate(cfg, cluster.replicas, place.available, place.copies, place.where)
+    return {"loss": loss, "vocab": vocab, "replicas": replicas, "precision": precision, "dim": dim, "batch": batch,
+            "optimizer": cfg.train.optimizer, "tokens_per_s": best,
+            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "parameters_and_slots": plan.parameters + plan.optimizer_slots, "estimate": plan.total}
 
 
-def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32") -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", loss, str(vocab), str(steps), str(replicas),
-                          precision], capture_output=True, text=True, check=True)
+def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
+          batch: int = 32, optimizer: str = "auto") -> dict:
+    """`measure` in a fresh process; {"error": ...} when that process fails (out of memory, say)."""
+    args = [loss, vocab, steps, replicas, precision, dim, batch, optimizer]
+    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1][:200]}",
+                "vocab": vocab, "replicas": replicas}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _row(vocab: int, one: dict, two: dict) -> str:
+    if "error" in one or "error" in two:
+        return f"{vocab:>8}  {one.get('error', '')} {two.get('error', '')}"
+    ps = one["parameters_and_slots"]
+    over1, over2 = one["peak_bytes"] - ps, two["peak_bytes"] - 2 * ps
+    return (f"{vocab:>8} {one['tokens_per_s']:9.0f} {one['peak_bytes'] / GB:7.2f} {two['tokens_per_s']:9.0f} "
+            f"{two['peak_bytes'] / GB:7.2f} {two['tokens_per_s'] / one['tokens_per_s']:6.2f} {ps / GB:8.2f} "
+            f"{over1 / GB:7.2f} {over2 / GB:7.2f} {one['estimate'] / GB:7.2f} {two['estimate'] / GB:7.2f}")
+
+
+def targets(rows: list[tuple[dict, dict]]) -> list[tuple[str, bool]]:
+    """Issue 15's three targets on the measured rows: (description with figures, met)."""
+    rows = [(a, b) for a, b in rows if "error" not in a and "error" not in b]
+    if not rows:
+        return []
+    (_, first), (_, last) = rows[0], rows[-1]
+    flat = last["tokens_per_s"] / first["tokens_per_s"]
+    out = [(f"flat in V (2 replicas): {last['vocab']} vs {first['vocab']}: {flat:.2f} (>= 0.85)", flat >= 0.85)]
+    for one, two in rows:
+        ratio = two["tokens_per_s"] / one["tokens_per_s"]
+        out.append((f"V = {one['vocab']}: 2 replicas / 1 replica = {ratio:.2f} (>= 0.80)", ratio >= 0.8))
+        ps = one["parameters_and_slots"]
+        bound = 2 * ps + one["peak_bytes"] - ps
+        out.append((f"V = {one['vocab']}: 2-replica peak {two['peak_bytes'] / GB:.2f} GB <= 2 x params+slots + "
+                    f"one-device overhead = {bound / GB:.2f} GB", two["peak_bytes"] <= bound))
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vocabs", default="32000,100000,800000")
+    p.add_argument("--vocabs", default="32000,200000,800000")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        loss, vocab, steps, replicas, precision = a.child
-        print(json.dumps(measure(loss, int(vocab), int(steps), int(replicas), precision)))
+        loss, vocab, steps, replicas, precision, dim, batch, optimizer = a.child
+        print(json.dumps(measure(loss, int(vocab), int(steps), int(replicas), precision, int(dim), int(batch),
+                                 optimizer)))
         return
-    report = {"vocab": [], "replicas": []}
-    print("sampled softmax (2048 candidates, the default) by vocabulary, E = H = 512, batch 32 x 35, one process "
-          "each", flush=True)
-    print(f"{'V':>8} {'tokens/s':>9} {'vs first':>8} {'peak GB':>8} {'params+slots GB':>15} {'overhead GB':>11}"
-          f" {'estimate GB':>11}", flush=True)
+    print("sampled softmax (2048 candidates), E = H = 512, global batch 32 x 35, lazy-adam; one process each; "
+          "2 replicas = 2 logical CPU devices on the same 2 cores", flush=True)
+    print(f"{'V':>8} {'1r tok/s':>9} {'1r GB':>7} {'2r tok/s':>9} {'2r GB':>7} {'2r/1r':>6} {'p+s GB':>8} "
+          f"{'over 1r':>7} {'over 2r':>7} {'est 1r':>7} {'est 2r':>7}", flush=True)
+    rows = []
     for vocab in [int(v) for v in a.vocabs.split(",")]:
-        r = child("sampled", vocab, a.steps)
-        report["vocab"].append(r)
-        first = report["vocab"][0]["tokens_per_s"]
-        print(f"{vocab:>8} {r['tokens_per_s']:9.0f} {r['tokens_per_s'] / first:8.2f} {r['peak_bytes'] / GB:8.2f} "
-              f"{r['parameters_and_slots'] / GB:15.2f} {(r['peak_bytes'] - r['parameters_and_slots']) / GB:11.2f}"
-              f" {r['estimate_training'] / GB:11.2f}", flush=True)
-    print("\none device vs two logical CPU devices (mirrored) on the same 2 cores, V = 32k", flush=True)
-    for loss in ("full", "sampled"):
-        one, two = child(loss, 32000, a.steps, 1), child(loss, 32000, a.steps, 2)
-        report["replicas"].append({"loss": loss, "one": one, "two": two})
-        print(f"{loss:>8}: 1 replica {one['tokens_per_s']:7.0f} tokens/s, 2 replicas {two['tokens_per_s']:7.0f} "
-              f"({two['tokens_per_s'] / one['tokens_per_s']:.2f}x)", flush=True)
+        rows.append((child("sampled", vocab, a.steps, 1), child("sampled", vocab, a.steps, 2)))
+        print(_row(vocab, *rows[-1]), flush=True)
+    print("\nissue 15 targets:")
+    checks = targets(rows)
+    for text, met in checks:
+        print(f"  {'met    ' if met else 'NOT met'}  {text}")
+    full = (child("full", 32000, a.steps, 1), child("full", 32000, a.steps, 2))
+    if "error" not in full[0] and "error" not in full[1]:
+        print(f"\nfull softmax, V = 32000: 1 replica {full[0]['tokens_per_s']:.0f} tokens/s, 2 replicas "
+              f"{full[1]['tokens_per_s']:.0f} ({full[1]['tokens_per_s'] / full[0]['tokens_per_s']:.2f}x)")
     if a.json:
-        print(json.dumps(report))
+        print(json.dumps({"sampled": [{"one": o, "two": t} for o, t in rows], "full": list(full),
+                          "targets": [{"target": t, "met": m} for t, m in checks]}))
 
 
 if __name__ == "__main__":

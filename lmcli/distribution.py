@@ -49,12 +49,17 @@ class Cluster:
         if self.watch is not None:
             self.watch.stop()
 
+    @property
+    def devices(self) -> list[str]:
+        """This process's replicas' devices ([] for the default strategy: TensorFlow's default device)."""
+        try:
+            return list(self.strategy.extended.worker_devices)
+        except RuntimeError:
+            return []
+
     def describe(self) -> str:
         where = f", worker {self.worker} of {self.workers}" if self.workers > 1 else ""
-        try:
-            devices = f" ({', '.join(self.strategy.extended.worker_devices)})"
-        except RuntimeError:  # the default strategy: this process's default device
-            devices = ""
+        devices = f" ({', '.join(self.devices)})" if self.devices else ""
         return f"{self.kind}: {self.replicas} replica{'s' * (self.replicas > 1)}{devices}{where}"
 
 

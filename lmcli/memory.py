@@ -35,16 +35,21 @@ class MemoryPlan:
     validation: int
     runtime: int = RUNTIME
     available: Optional[int] = None
+    copies: int = 1  # replicas whose parameters, slots and step share this memory
+    where: str = "host memory"
 
     @property
     def total(self) -> int:
-        return self.runtime + self.parameters + self.optimizer_slots + max(self.training_step, self.validation)
+        """Bytes this memory needs: each copy's parameters, slots and step (validation runs on one)."""
+        return (self.runtime + self.copies * (self.parameters + self.optimizer_slots)
+                + max(self.copies * self.training_step, self.validation))
 
     def describe(self) -> str:
-        parts = (f"parameters {self.parameters / GB:.2f}, optimizer {self.optimizer_slots / GB:.2f}, "
-                 f"training step {self.training_step / GB:.2f}, validation {self.validation / GB:.2f}, "
+        times = f"{self.copies} x " if self.copies > 1 else ""
+        parts = (f"parameters {times}{self.parameters / GB:.2f}, optimizer {times}{self.optimizer_slots / GB:.2f}, "
+                 f"training step {times}{self.training_step / GB:.2f}, validation {self.validation / GB:.2f}, "
                  f"runtime {self.runtime / GB:.2f}")
-        have = f"; {self.available / GB:.1f} GB available" if self.available else ""
+        have = f"; {self.available / GB:.1f} GB available in {self.where}" if self.available else ""
         return f"about {self.total / GB:.1f} GB ({parts}){have}"
 
     def as_dict(self) -> dict:
@@ -59,9 +64,11 @@ def parameter_count(cfg: RunConfig) -> int:
         v if m.variational_embedding else 0)
 
 
-def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None) -> MemoryPlan:
-    """What one device needs for `cfg` with the global batch split over `replicas` (mixed precision halves the
-    LSTM activations; the output layer and the loss stay float32)."""
+def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None, copies: int = 1,
+             where: str = "host memory") -> MemoryPlan:
+    """What one memory needs for `cfg` with the global batch split over `replicas`, `copies` of them sharing that
+    memory (logical CPU devices share the host's; each GPU holds one). Mixed precision halves the LSTM
+    activations; the output layer and the loss stay float32."""
     m, loss = cfg.model, cfg.loss
     v, e, h, d = m.vocab_size, m.embedding_dim, m.hidden, m.output_dim
     params = parameter_count(cfg)
@@ -81,7 +88,52 @@ def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None)
     step = (output + terms) * 4 + lstm * (4 if cfg.train.precision == "float32" else 2)
     validation = 2 * n * v * 4  # full-softmax logits of one evaluation batch, and their log-softmax
     return MemoryPlan(params * 4, SLOTS.get(cfg.train.optimizer, 2) * params * 4, step, validation,
-                      available=available)
+                      available=available, copies=copies, where=where)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's replicas keep their copies: how many share one memory, and how much that memory has."""
+
+    copies: int
+    available: Optional[int]
+    where: str
+
+
+def placement(devices: list[str]) -> Placement:
+    """The memory to check for replicas on `devices` (TensorFlow device names; [] = this process's default).
+
+    GPUs: one copy per GPU, checked against the smallest GPU's memory (what TensorFlow's allocator may use there);
+    CPU devices: every local replica's copy in the host's memory (Linux MemAvailable)."""
+    gpus = [d for d in devices if "GPU" in d.upper()]
+    if not devices:
+        gpus = gpu_names()[:1]
+    if gpus:
+        limits = gpu_memory()
+        sizes = [limits.get(_short(d)) for d in gpus]
+        known = [s for s in sizes if s]
+        return Placement(1, min(known) if known else None, ", ".join(_short(d) for d in gpus))
+    return Placement(max(1, len(devices)), available_bytes(), "host memory")
+
+
+def _short(device: str) -> str:
+    """'/job:localhost/replica:0/task:0/device:GPU:1' -> 'GPU:1'."""
+    return ":".join(device.upper().split(":")[-2:]).split("/")[-1]
+
+
+def gpu_names() -> list[str]:
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_logical_devices("GPU")]
+
+
+def gpu_memory() -> dict[str, int]:
+    """{'GPU:0': bytes TensorFlow's allocator may use on it, ...}; {} without a GPU."""
+    if not gpu_names():
+        return {}
+    from tensorflow.python.client import device_lib  # the allocator's limit; tf.config has no public total
+
+    return {_short(d.name): int(d.memory_limit) for d in device_lib.list_local_devices() if d.device_type == "GPU"}
 
 
 def available_bytes() -> Optional[int]:

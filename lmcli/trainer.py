@@ -13,25 +13,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
-
 from lmcli.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
 from lmcli.config import RunConfig
 from lmcli.data.pipeline import make_batches
 from lmcli.data.prefetch import Prefetch
 from lmcli.data.shards import DataDir
-from lmcli.distribution import Cluster, make_step, replica_feeds
+from lmcli.distribution import Cluster, replica_feeds
 from lmcli.errors import InputError, Interrupted, NumericalError, RunDirError
-from lmcli.model import build_model
 from lmcli.model.backend import KerasBackend
 from lmcli.model.kernel import lstm_kernel
-from lmcli.objective import Objective
-from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
 from lmcli.rundir import PendingRunDir
 from lmcli.runlog import MetricsLog, Pending, Window
 from lmcli.schedules import learning_rate, plateau_decays
 from lmcli.signals import StopRequests
+from lmcli.step import build_training_step
 from lmcli.validation import score_split
 
 
@@ -59,19 +55,12 @@ class Trainer:
             raise InputError(f"{data.path}: the train split has no tokens")
         total = cfg.train.epochs * self.per_epoch
         self.total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-        keras.utils.set_random_seed(cfg.train.seed)
+        built = build_training_step(cfg, cluster, data.unigram_counts, self.total, len(self.train_split.ids))
+        self.model, self.optimizer, self.train_fn = built.model, built.optimizer, built.run
         with cluster.strategy.scope():
-            self.model = build_model(cfg.model, cfg.train.precision)
-            self.optimizer = make_optimizer(cfg.train)
-            self.optimizer.build(self.model.trainable_variables)
-            objective = Objective.for_run(cfg, data.unigram_counts, self.model.extras_provided)
-            self.model.compile(self.optimizer, objective, cfg.train.clip_norm, cfg.train.seed, self.total,
-                               len(self.train_split.ids))
             carry = (cfg.data.batch_size, cfg.model.hidden) if self.carries_state else None
-            self.state = TrainingState(self.model, self.optimizer, carry, objective.variables())
+            self.state = TrainingState(self.model, self.optimizer, carry, built.objective.variables())
         self._managers()
-        self.train_fn = make_step(cluster, self.model.train_step, {"loss", "strategy_loss", "tokens",
-                                                                   *cfg.term_names})
         self.scorer = KerasBackend(self.model)
         self.additive = {"loss", "strategy_loss", "grad_norm", *cfg.term_names}
         self.step = 0
@@ -145,7 +134,7 @@ class Trainer:
         cfg, t0, start_step = self.cfg, time.monotonic(), self.step
         epoch, first = int(self.state.epoch.numpy()), int(self.state.batch.numpy())
         self.log, self.window, self.pending = MetricsLog(self.write_paths, self.step), Window(), Pending()
-        self.tokens_run, self.train_ppl = 0.0, float("nan")
+        self.tokens_run, self.train_ppl, self.stop_seen = 0.0, float("nan"), False
         if self.step:
             self.progress.log(f"resuming {self.paths.root} at step {self.step} (epoch {epoch + 1}, batch {first})")
         self.progress.log(f"distribution: {self.cluster.describe()}")
@@ -167,7 +156,7 @@ class Trainer:
                 "tokens_trained": int(self.tokens_run), "seconds": seconds,
                 "tokens_per_s": self.tokens_run / seconds if seconds else 0.0, "loss": cfg.loss.name,
                 "lstm_kernel": self.kernel, "terms": list(cfg.term_names), "distribute": self.cluster.kind,
-                "replicas": self.cluster.replicas, "workers": self.cluster.workers}
+                "replicas": self.cluster.replicas, "workers": self.cluster.workers, "worker": self.cluster.worker}
 
     def _zero(self):
         return self.model.zero_state(self.cfg.data.batch_size) if self.carries_state else None
@@ -207,17 +196,20 @@ class Trainer:
         self.optimizer.learning_rate = rate
         feeds = replica_feeds(self.cluster, batch.as_dict(), carry if self.carries_state else None, self.step, epoch,
                               self.stops.requested)
-        self.last_out = out = self.train_fn(feeds)
+        out = self.train_fn(feeds)
         self.step += 1
         self.pending.add(self.step, out, {"lr": rate})
         return out.get("state")
 
     def _stop_agreed(self, stops: StopRequests) -> bool:
-        """Whether to stop after this step: a signal here, or (several workers) to any worker, all-reduced in the
-        step so that every worker stops at the same step."""
+        """Whether to stop after this step: a signal here, or (several workers) to any worker.
+
+        Several workers: each step all-reduces the workers' stop flags; the flag is read with the step's other
+        outputs (`_read`, at log points, checkpoints and every `REFRESH` steps, the same steps on every worker),
+        not from the device every step, so every worker stops at the first read point after a signal."""
         if self.cluster.workers == 1:
             return stops.requested
-        return bool(self.last_out["stop"].numpy() > 0)
+        return self.stop_seen
 
     def _read(self, task, epoch: int) -> None:
         """Read the pending steps: the NaN guard (naming the first bad step), the window, metrics records."""
@@ -227,7 +219,7 @@ class Trainer:
                         else "no checkpoint was written yet")
                 raise NumericalError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); "
                                      f"{kept}; try a lower --lr or a --clip-norm, then rerun to resume")
-            values.pop("stop", None)
+            self.stop_seen = self.stop_seen or values.pop("stop", 0.0) > 0
             self.window.add(values, self.additive)
             self.tokens_run += values["tokens"]
             if step % self.cfg.train.log_every == 0:

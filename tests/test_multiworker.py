@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lmcli.checkpoints import load_model
+from lmcli.export_format import is_export_dir
 from lmcli.progress import Progress
 from lmcli.training import train
 
@@ -34,7 +35,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(data_dir: Path, run: Path) -> list[subprocess.Popen]:
+def launch(data_dir: Path, run: Path, *extra: str) -> list[subprocess.Popen]:
     ports = [free_port(), free_port()]
     procs = []
     for i in range(2):
@@ -42,7 +43,7 @@ def launch(data_dir: Path, run: Path) -> list[subprocess.Popen]:
         env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "3"}
         args = [a for k, v in OPTIONS.items() for a in (f"--{k}", str(v))]
         procs.append(subprocess.Popen([sys.executable, "-m", "lmcli", "train", str(data_dir), "--run-dir", str(run),
-                                       *args, "--worker-timeout", "60", "--quiet", "--json"], env=env,
+                                       *args, "--worker-timeout", "60", "--quiet", "--json", *extra], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -95,8 +96,9 @@ def assert_same(got, want):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
-def test_two_workers_train_as_the_mirrored_run(tiny_data_dir, tmp_path, reference):
-    results = finish(launch(tiny_data_dir, tmp_path / "run"))
+def test_two_workers_train_as_the_mirrored_run_and_the_chief_alone_exports(tiny_data_dir, tmp_path, reference):
+    export = tmp_path / "export"
+    results = finish(launch(tiny_data_dir, tmp_path / "run", "--export-on-finish", str(export)))
     for code, _, stderr in results:
         assert code == 0, stderr[-2000:]
     summaries = [json.loads(stdout) for _, stdout, _ in results]
@@ -104,6 +106,10 @@ def test_two_workers_train_as_the_mirrored_run(tiny_data_dir, tmp_path, referenc
     assert summaries[0]["loss"] == "sampled" and summaries[0]["steps"] == STEPS
     assert_same(weights(tmp_path / "run"), reference)
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("lmcli-worker-*/checkpoints/ckpt-*"))
+    # one export, by the chief (worker 0), verified against the run's model; the other worker wrote none
+    assert [s["worker"] for s in summaries] == [0, 1] and summaries[1]["export"] is None
+    assert summaries[0]["export"]["verified"] and is_export_dir(export)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]  # no temporary export dir left
 
 
 def test_a_killed_worker_ends_the_other_and_sigterm_stops_both_then_both_resume(tiny_data_dir, tmp_path,

@@ -12,10 +12,8 @@ import pytest
 import tensorflow as tf
 
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig
-from lmcli.distribution import make_cluster, make_step, replica_feeds
-from lmcli.model import build_model
-from lmcli.objective import Objective
-from lmcli.optim import make_optimizer
+from lmcli.distribution import make_cluster, replica_feeds
+from lmcli.step import build_training_step
 
 V, E, D = 1013, 12, 14  # sizes no other tensor of the step has
 CASES = {
@@ -35,14 +33,8 @@ def _step(vocab: int, loss: dict, model: dict, terms: tuple, dim: int = D, emb: 
     cfg = RunConfig(model=ModelConfig(vocab_size=vocab, **model), loss=LossConfig(**loss),
                     terms=TermsConfig(aux_loss=terms)).resolved()
     cluster = make_cluster("mirrored", "cpu:0,cpu:1")
-    with cluster.strategy.scope():
-        net = build_model(cfg.model)
-        optimizer = make_optimizer(cfg.train)
-        optimizer.build(net.trainable_variables)
-        counts = (1e5 / np.arange(1, vocab + 1)).astype(np.int64)
-        net.compile(optimizer, Objective.for_run(cfg, counts, net.extras_provided), clip_norm=1.0, total_steps=10,
-                    train_tokens=1000)
-    step = make_step(cluster, net.train_step, {"loss", "strategy_loss", "tokens", *cfg.term_names})
+    built = build_training_step(cfg, cluster, (1e5 / np.arange(1, vocab + 1)).astype(np.int64), 10, 1000)
+    step, net = built.run, built.model
     ids = np.random.default_rng(0).integers(0, vocab, (rows, 9)).astype(np.int32)
     arrays = {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": np.ones((rows, 8), np.float32)}
     return step, (lambda i: replica_feeds(cluster, arrays, net.zero_state(rows), i, 0.0))

@@ -178,10 +178,10 @@ def train(
     overrides = {section: {f.name: given.get(ALIASES.get((section, f.name), f.name)) for f in fields(cls)}
                  for section, cls in SECTIONS.items()}
     result = run_train(data_dir, run_dir, overrides, restart=restart, progress=progress_for(quiet))
-    if export_on_finish is not None:
+    if export_on_finish is not None:  # the chief's job: every worker writing the same dir would race
         from lmcli.exporting import export as run_export
 
-        result["export"] = run_export(run_dir, export_on_finish, force=True)
+        result["export"] = run_export(run_dir, export_on_finish, force=True) if result["worker"] == 0 else None
     if json_out:
         emit_json(result)
     elif not quiet:
