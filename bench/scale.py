@@ -73,7 +73,7 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
     return {"loss": loss, "vocab": vocab, "replicas": replicas, "precision": precision, "dim": dim, "batch": batch,
             "optimizer": cfg.train.optimizer, "tokens_per_s": best,
             "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "parameters_and_slots": plan.parameters + plan.optimizer_slots, "estimate": plan.total}
+            "parameters_and_slots": plan.parameters + plan.optimizer_slots, "estimate": plan.training}
 
 
 def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,

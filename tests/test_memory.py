@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
@@ -29,25 +30,62 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}  # the lock records its holder
 
 
-def test_parameter_count_and_estimate_parts():
-    cfg = RunConfig(model=ModelConfig(vocab_size=1000, embedding_dim=10, hidden=20, layers=2, proj_dim=5),
+BAND = (0.90, 1.10)  # measured peak / estimate, as the README states
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(vocab_size=1000, embedding_dim=10, hidden=20, layers=2, proj_dim=5),
+    ModelConfig(vocab_size=500, embedding_dim=12, hidden=12, tie_embeddings=True, variational_embedding=True)])
+def test_parameter_count_is_the_built_models(cfg):
+    from lmcli.model import build_model
+
+    run = RunConfig(model=cfg)
+    assert memory.parameter_count(run) == sum(int(np.prod(w.shape)) for w in build_model(cfg).weights)
+
+
+def test_the_plan_counts_every_replica_copy_and_fits_or_refuses():
+    cfg = RunConfig(model=ModelConfig(vocab_size=1000, embedding_dim=10, hidden=20),
                     loss=LossConfig(name="sampled", num_sampled=100), train=TrainConfig(optimizer="lazy-adam"))
-    lstm = 4 * 20 * (10 + 20) + 80 + 4 * 20 * (20 + 20) + 80
-    assert memory.parameter_count(cfg) == 1000 * 10 + lstm + 20 * 5 + 1000 * 5 + 1000
-    plan = memory.estimate(cfg, available=10**12)
-    assert plan.parameters == 4 * memory.parameter_count(cfg) and plan.optimizer_slots == 2 * plan.parameters
-    assert plan.total == plan.runtime + plan.parameters + plan.optimizer_slots + max(plan.training_step,
-                                                                                      plan.validation)
-    sgd = memory.estimate(RunConfig(model=cfg.model, loss=cfg.loss, train=TrainConfig(optimizer="sgd")))
-    assert sgd.optimizer_slots == 0
-    half = memory.estimate(RunConfig(model=cfg.model, loss=cfg.loss,
-                                     train=TrainConfig(optimizer="lazy-adam", precision="mixed-bfloat16")))
-    assert half.training_step < plan.training_step and half.parameters == plan.parameters
-    two = memory.estimate(cfg, replicas=2)
-    assert two.training_step < plan.training_step and two.parameters == plan.parameters
-    memory.check(plan)  # fits
+    one, two = memory.estimate(cfg, available=10**12), memory.estimate(cfg, 2, copies=2)
+    assert two.training - one.training >= one.parameters + one.optimizer_slots  # a second copy of each, at least
+    assert two.validation == one.validation  # validation runs on one device, on the whole batch
+    assert "2 x" in two.describe() and "host memory" in one.describe()
+    memory.check(one)  # fits
     with pytest.raises(memory.MemoryLimitError, match="does not fit; reduce --batch-size, --seq-len, --num-sampled"):
         memory.check(memory.estimate(cfg, available=10**6))
+
+
+def test_placement_puts_each_logical_cpu_replica_in_the_host_and_one_copy_on_each_gpu(monkeypatch):
+    assert memory.placement(["/job:localhost/replica:0/task:0/device:CPU:0", "/device:CPU:1"]).copies == 2
+    assert memory.placement([]).where == "host memory"
+    monkeypatch.setattr(memory, "gpu_memory", lambda: {"GPU:0": 80 * 10**9, "GPU:1": 40 * 10**9})
+    place = memory.placement(["/job:localhost/replica:0/task:0/device:GPU:0", "/device:GPU:1"])
+    assert (place.copies, place.available, place.where) == (1, 40 * 10**9, "GPU:0, GPU:1")
+
+
+PEAK_CONFIGS = [  # loss, V, steps, replicas, precision, E = H, batch, optimizer
+    ("sampled", 100_000, 3, 1, "float32", 256, 16, "auto"),
+    ("full", 100_000, 3, 1, "float32", 256, 16, "auto"),
+    ("sampled", 100_000, 3, 2, "float32", 256, 16, "auto"),
+]
+
+
+def test_the_estimate_is_within_the_stated_band_of_measured_peaks():
+    """Three runs of lmcli's training step, each in a fresh process (bench/scale.py's child): one device with
+    sampled and with full softmax, and two replicas on logical CPU devices; each process's peak RSS over its steps
+    is 90% to 110% of the plan's training estimate (`MemoryPlan.training`)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    import scale
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda c: scale.child(*c), PEAK_CONFIGS))
+    for config, run in zip(PEAK_CONFIGS, runs):
+        assert "error" not in run, (config, run)
+        ratio = run["peak_bytes"] / run["estimate"]
+        assert BAND[0] <= ratio <= BAND[1], (config, run["peak_bytes"], run["estimate"], ratio)
 
 
 def test_per_row_candidate_sets_add_their_noise_and_gathers_to_the_step():
