@@ -7,7 +7,7 @@ DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quality bench-terms bench-ablation lint clean install
+.PHONY: demo test bench bench-quality bench-terms bench-ablation gpu-check lint clean install
 
 install: $(STAMP)
 
@@ -41,9 +41,12 @@ bench-terms: $(STAMP)
 bench-ablation: $(STAMP)
 	$(BIN)/python bench/ablation.py
 
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --out gpu-check
+
 lint: $(STAMP)
 	$(BIN)/ruff check lmcli tests bench sample_data
 
 clean:
-	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) gpu-check build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

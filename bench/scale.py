@@ -29,16 +29,18 @@ GB = 1e9
 
 
 def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
-            batch: int = 32, optimizer: str = "auto") -> dict:
+            batch: int = 32, optimizer: str = "auto", device: str = "cpu") -> dict:
     """One configuration, in this process (called by the child): tokens/s (best of 2 rounds of `steps`), the
-    process's peak RSS and lmcli's memory estimate for it."""
+    process's peak RSS (and, on GPUs, the first GPU's allocator peak) and lmcli's memory estimate for it.
+    `device` cpu: replicas are logical CPU devices; gpu: replicas are the first `replicas` GPUs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, os.path.join(HERE, ".."))
     from lmcli.distribution import configure_cpu_devices, make_cluster
 
-    devices = ",".join(f"cpu:{i}" for i in range(replicas))
+    devices = ",".join(f"{device}:{i}" for i in range(replicas))
     configure_cpu_devices(devices)
     import numpy as np
+    import tensorflow as tf
 
     from lmcli import memory
     from lmcli.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
@@ -70,17 +72,22 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
         best = max(best, steps * batch * 35 / (time.perf_counter() - start))
     place = memory.placement(cluster.devices)
     plan = memory.estimate(cfg, cluster.replicas, place.available, place.copies, place.where)
+    gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] if device == "gpu" else None
     return {"loss": loss, "vocab": vocab, "replicas": replicas, "precision": precision, "dim": dim, "batch": batch,
-            "optimizer": cfg.train.optimizer, "tokens_per_s": best,
-            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "optimizer": cfg.train.optimizer, "device": device, "tokens_per_s": best,
+            "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu_peak_bytes": gpu_peak,
             "parameters_and_slots": plan.parameters + plan.optimizer_slots, "estimate": plan.training}
 
 
 def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
-          batch: int = 32, optimizer: str = "auto") -> dict:
-    """`measure` in a fresh process; {"error": ...} when that process fails (out of memory, say)."""
-    args = [loss, vocab, steps, replicas, precision, dim, batch, optimizer]
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True)
+          batch: int = 32, optimizer: str = "auto", device: str = "cpu", timeout: float = 900) -> dict:
+    """`measure` in a fresh process; {"error": ...} when that process fails (out of memory, say) or times out."""
+    args = [loss, vocab, steps, replicas, precision, dim, batch, optimizer, device]
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result in {timeout:.0f} s", "vocab": vocab, "replicas": replicas}
     if out.returncode != 0:
         return {"error": f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1][:200]}",
                 "vocab": vocab, "replicas": replicas}
@@ -120,12 +127,12 @@ def main() -> None:
     p.add_argument("--vocabs", default="32000,200000,800000")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=9, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        loss, vocab, steps, replicas, precision, dim, batch, optimizer = a.child
+        loss, vocab, steps, replicas, precision, dim, batch, optimizer, device = a.child
         print(json.dumps(measure(loss, int(vocab), int(steps), int(replicas), precision, int(dim), int(batch),
-                                 optimizer)))
+                                 optimizer, device)))
         return
     print("sampled softmax (2048 candidates), E = H = 512, global batch 32 x 35, lazy-adam; one process each; "
           "2 replicas = 2 logical CPU devices on the same 2 cores", flush=True)
