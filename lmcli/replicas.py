@@ -35,8 +35,11 @@ def local(variable, like=None):
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return variable
+    replica = tf.get_static_value(ctx.replica_id_in_sync_group)
+    if replica is None:  # a strategy whose replica id is only known at run time: the (dense) mirrored read
+        return variable
     # Replica ids run worker by worker, each worker holding the same number of local copies.
-    return copies[tf.get_static_value(ctx.replica_id_in_sync_group) % len(copies)]
+    return copies[int(replica) % len(copies)]
 
 
 def total(value):
