@@ -25,6 +25,7 @@ from lmcli.errors import InputError, Interrupted, NumericalError, RunDirError
 from lmcli.model import build_model
 from lmcli.model.backend import KerasBackend
 from lmcli.model.kernel import lstm_kernel
+from lmcli.nan_causes import non_finite_message
 from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 from lmcli.progress import Progress
@@ -223,10 +224,8 @@ class Trainer:
         """Read the pending steps: the NaN guard (naming the first bad step), the window, metrics records."""
         for step, values in self.pending.fetch():
             if not math.isfinite(values["loss"]):
-                kept = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved >= 0
-                        else "no checkpoint was written yet")
-                raise NumericalError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); "
-                                     f"{kept}; try a lower --lr or a --clip-norm, then rerun to resume")
+                raise NumericalError(non_finite_message(values["loss"], step, epoch + 1, self.last_saved, self.cfg,
+                                                        self.total))
             values.pop("stop", None)
             self.window.add(values, self.additive)
             self.tokens_run += values["tokens"]
