@@ -75,20 +75,40 @@ def test_sharpening_rounds_against_numpy():
     np.testing.assert_allclose(got, p, rtol=1e-4, atol=1e-7)
 
 
-def test_power_200_is_finite_and_its_gradient_reaches_the_logits():
-    logits = tf.Variable(RNG.normal(size=(N, V)).astype(np.float32) * 5)
-    with tf.GradientTape(persistent=True) as tape:
-        value = tf.reduce_sum(embedding.term(inputs(), full_output(logits), TermsConfig(aux_power=200.0)))
-        hard = tf.gather(tf.constant(EMB), tf.argmax(logits, axis=-1))  # the non-differentiable original
-    grad = tape.gradient(value, logits)
-    assert np.isfinite(value.numpy()) and np.all(np.isfinite(grad.numpy()))
-    naive = np_softmax(logits.numpy().astype(np.float32)) ** 200  # the direct formula underflows / overflows
-    assert not np.all(np.isfinite(naive / naive.sum(-1, keepdims=True)))
-    assert tape.gradient(hard, logits) is None
-    small_power = tf.GradientTape()
-    with small_power:
-        soft = tf.reduce_sum(embedding.term(inputs(), full_output(logits), TermsConfig(aux_power=1.0)))
-    assert np.abs(small_power.gradient(soft, logits).numpy()).max() > 1e-4
+def np_term_gradient(z, power, rounds, label):
+    """d(1 - cos(q @ E, E[label])) / dz for one row z (V,), in float64: R rounds of p <- p^K / sum p^K are
+    q = softmax(K^R z), so the gradient is K^R (q * (g - q . g)) with g = d distance / dq = E @ d distance / d pred."""
+    sharp = power ** rounds
+    q = np_softmax(sharp * z)
+    pred, target = q @ EMB, EMB[label]
+    cos = pred @ target / np.linalg.norm(pred) / np.linalg.norm(target)
+    d_pred = -(target / np.linalg.norm(pred) / np.linalg.norm(target) - cos * pred / np.linalg.norm(pred) ** 2)
+    g = EMB @ d_pred  # (V,)
+    return sharp * q * (g - q @ g)
+
+
+def test_power_200_gradient_is_exactly_zero_where_p_is_one_hot_and_amplified_near_ties():
+    """At --aux-power 200, p = softmax(200 z) is exactly one-hot in float32 once the top logit leads by 0.6 nats
+    (e^-120 underflows even as a denormal), and then the term's gradient is exactly 0: it teaches nothing there.
+    Near a tie (a 0.004-nat lead) it is K = 200 times the softmax Jacobian's, as the closed form says, far above
+    what power 1 gives."""
+    z = RNG.normal(size=(N, V)).astype(np.float32)
+    z[:, 0] = z.max(axis=1) + np.array([0.6, 1.0, 3.0, 0.004, 0.0])  # rows 0-2 clear leads, row 3 a near tie,
+    z[4, 1] = z[4, 0]  # row 4 an exact tie between classes 0 and 1
+    logits = tf.Variable(z)
+    grads = {}
+    for power in (200.0, 1.0):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_sum(embedding.term(inputs(), full_output(logits), TermsConfig(aux_power=power)))
+        grads[power] = tape.gradient(value, logits).numpy()
+    assert np.all(np.isfinite(grads[200.0]))
+    p = tf.exp(embedding.sharpened_log_probs(tf.constant(z), 200.0, 1)).numpy()
+    assert np.all(p[:3].max(axis=1) == 1.0) and np.all(grads[200.0][:3] == 0.0)  # one-hot: exactly no gradient
+    for row in (3, 4):
+        want = np_term_gradient(z[row].astype(np.float64), 200.0, 1, LABELS[row])
+        np.testing.assert_allclose(grads[200.0][row], want, rtol=2e-3, atol=1e-6 * np.abs(want).max())
+        assert np.abs(grads[200.0][row]).max() > 20 * np.abs(grads[1.0][row]).max()
+    assert np.abs(grads[1.0]).min(axis=1).max() > 0  # power 1 moves every logit of every row
 
 
 def test_sampled_strategy_term_uses_label_and_candidates_and_its_gradients_stay_on_their_rows():
@@ -121,6 +141,32 @@ def test_sampled_strategy_term_uses_label_and_candidates_and_its_gradients_stay_
     predicted = np.einsum("nc,nce->ne", p, EMB[cols])
     want = np_cosine_distance(predicted, EMB[LABELS])[real].mean()
     assert float(term) == pytest.approx(want, rel=1e-5)
+
+
+def test_under_sampled_softmax_the_term_sharpens_the_log_q_corrected_logits():
+    """Under sampled/TAPAS the term's p is the softmax over [label, candidates] of w . h + b - log Q, the strategy's
+    corrected logits: not the model's distribution over those classes. With unequal Q the two differ."""
+    q_true, q_cand = 0.5, np.array([0.9, 0.05, 0.3], np.float32)
+
+    class Fixed:
+        def sample(self, labels, mask, step):
+            return tf.constant([0, 5, 6], tf.int64), tf.fill(tf.shape(labels), q_true), tf.constant(q_cand)
+
+    w = RNG.normal(size=(V, E)).astype(np.float32)
+    hidden = RNG.normal(size=(N, E)).astype(np.float32)
+    labels = np.array([1, 4, 4, 7, 2], np.int64)  # no label among the candidates: no accidental hits
+    objective = Objective(LossConfig(name="sampled", num_sampled=3), TermsConfig(aux_power=1.0, aux_weight=1.0),
+                          ("embedding",), StrategyContext(Fixed()))
+    _, sums, _ = objective(inputs(labels=labels, weights=tf.constant(w), hidden=tf.constant(hidden)))
+    cols = np.concatenate([labels[:, None], np.tile([0, 5, 6], (N, 1))], 1)  # (N, 4)
+    raw = np.einsum("nd,ncd->nc", hidden, w[cols]).astype(np.float64)  # (N, 4) the model's logits
+    corrected = raw - np.log(np.concatenate([[q_true], q_cand]))[None, :]
+
+    def mean_distance(logits):
+        return np_cosine_distance(np.einsum("nc,nce->ne", np_softmax(logits), EMB[cols]), EMB[labels]).mean()
+
+    assert float(sums["embedding"]) == pytest.approx(mean_distance(corrected), rel=1e-5)
+    assert abs(mean_distance(corrected) - mean_distance(raw)) > 0.01
 
 
 # ---- ar and tar -------------------------------------------------------------------------------------------------
