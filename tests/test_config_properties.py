@@ -186,3 +186,9 @@ def test_one_command_option_is_refused_by_name_or_usable(command, field, data):
 def test_split_fractions_together_are_refused_by_name_or_usable(valid, test):
     refused_or_usable(PrepareConfig(valid_fraction=valid, test_fraction=test), ("valid_fraction", "test_fraction"),
                       splitting_usable)
+
+
+@pytest.mark.parametrize("temperature", [1e-310, 1e-30, 1e300])
+def test_extreme_accepted_temperatures_still_sample(temperature):
+    """1e-310 once gave NaN: every log-prob / T was -inf (none exactly 0), and -inf - -inf is NaN."""
+    sampling_usable(GenerateConfig(temperature=temperature, top_k=3))
