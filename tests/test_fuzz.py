@@ -7,17 +7,13 @@ behind.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
