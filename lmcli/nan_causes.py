@@ -1,8 +1,8 @@
 """What to tell a user whose loss became NaN or Inf: the likely causes for the strategy and options in use.
 
 A TAPAS run below `LOW_TEMPERATURE` is pointed at the resampling temperature: the second pass's scores are
-logsumexp over the batch of (w . h + b) / T, so at T = 0.02 they spread over hundreds of nats and its
-corrections (log of inclusion probabilities) grow as large. Any other run is pointed at the learning rate and
+logsumexp over the batch of (w . h + b) / T, so at T = 0.02 they are 50 times as far apart as at T = 1, and its
+corrections (log of inclusion probabilities) grow with them. Any other run is pointed at the learning rate and
 clipping, and a float16 one at its precision as well.
 """
 
@@ -20,7 +20,7 @@ def likely_causes(cfg: RunConfig, step: int, total_steps: int) -> str:
         temperature = float(resampling_temperature(cfg.loss, max(step - 1, 0), total_steps))
         if temperature < LOW_TEMPERATURE:
             return (f"the TAPAS resampling temperature was {temperature:.3g} at that step (below {LOW_TEMPERATURE}, "
-                    "the second pass's scores spread over hundreds of nats): try a higher --resampling-temperature"
+                    "the second pass's scores, scaled by 1/T, spread far apart): try a higher --resampling-temperature"
                     + (" or --final-resampling-temperature" if cfg.loss.final_resampling_temperature else ""))
     train = cfg.train
     clip = (f"a smaller --clip-norm (now {train.clip_norm:g})" if train.clip_norm > 0
