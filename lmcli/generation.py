@@ -22,7 +22,9 @@ WINDOW = 8  # ids of left context used to decode each new piece
 
 def next_token_probs(log_probs: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
     """Filtered, renormalised next-token distribution: (B, V) log-probs -> (B, V) probs."""
-    logits = log_probs.astype(np.float64) / temperature  # (B, V)
+    scaled = log_probs.astype(np.float64)
+    with np.errstate(over="ignore"):  # a tiny T sends all but the max to -inf, as meant
+        logits = (scaled - scaled.max(axis=-1, keepdims=True)) / temperature  # (B, V): max 0, never -inf - -inf
     if top_k and top_k < logits.shape[-1]:
         kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]  # (B, 1)
         logits = np.where(logits >= kth, logits, -np.inf)

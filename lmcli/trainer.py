@@ -22,6 +22,7 @@ from lmcli.distribution import Cluster, replica_feeds
 from lmcli.errors import InputError, Interrupted, NumericalError, RunDirError
 from lmcli.model.backend import KerasBackend
 from lmcli.model.kernel import lstm_kernel
+from lmcli.nan_causes import non_finite_message
 from lmcli.progress import Progress
 from lmcli.rundir import PendingRunDir
 from lmcli.runlog import MetricsLog, Pending, Window
@@ -215,10 +216,8 @@ class Trainer:
         """Read the pending steps: the NaN guard (naming the first bad step), the window, metrics records."""
         for step, values in self.pending.fetch():
             if not math.isfinite(values["loss"]):
-                kept = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved >= 0
-                        else "no checkpoint was written yet")
-                raise NumericalError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); "
-                                     f"{kept}; try a lower --lr or a --clip-norm, then rerun to resume")
+                raise NumericalError(non_finite_message(values["loss"], step, epoch + 1, self.last_saved, self.cfg,
+                                                        self.total))
             self.stop_seen = self.stop_seen or values.pop("stop", 0.0) > 0
             self.window.add(values, self.additive)
             self.tokens_run += values["tokens"]

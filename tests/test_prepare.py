@@ -285,6 +285,10 @@ def test_vocab_size_max_takes_every_piece_the_corpus_supports(tmp_path, text_lin
 
     assert pieces(tmp_path / "max") == pieces(tmp_path / "exact")
     assert open_data_dir(tmp_path / "max").vocab_size == limit
+    # the manifest keeps what was asked and records what it resolved to
+    asked = manifest(tmp_path / "max")["options"]
+    assert asked["vocab_size"] == "max" and asked["vocab_size_resolved"] == limit
+    assert manifest(tmp_path / "exact")["options"] == {**asked, "vocab_size": limit}
 
 
 def test_reused_tokenizer_gives_the_same_ids(tmp_path, text_lines, write_lines):
@@ -296,6 +300,8 @@ def test_reused_tokenizer_gives_the_same_ids(tmp_path, text_lines, write_lines):
     assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")
     m = manifest(tmp_path / "b")
     assert m["tokenizer"]["trained"] is False and m["tokenizer"]["model_type"] == "word"
+    reused = spm.SentencePieceProcessor(model_file=str(tmp_path / "a" / "tokenizer.model")).get_piece_size()
+    assert m["options"]["vocab_size"] == 8000 and m["options"]["vocab_size_resolved"] == reused != 8000
     assert summary["tokenizer_sha256"] == manifest(tmp_path / "a")["tokenizer"]["sha256"]
 
 

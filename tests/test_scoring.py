@@ -130,3 +130,61 @@ def test_eval_of_a_split_equals_the_validation_of_training(tiny_data_dir, tmp_pa
                               "--quiet").stdout)
     assert whole["scoring"] == "whole-lines" and whole["tokens"] == got["tokens"]
     assert whole["perplexity"] != pytest.approx(validation["perplexity"], rel=1e-3)
+
+
+def np_top_k(logits, labels, k):
+    """1 where the label is among the first k when the classes are sorted by falling logit, the label placed after
+    every class tied with it (numpy's stable sort on (-logit, is_label)), else 0: (B, T)."""
+    out = np.zeros(labels.shape)
+    for i in np.ndindex(labels.shape):
+        is_label = np.arange(logits.shape[-1]) == labels[i]
+        order = np.lexsort((is_label, -logits[i]))  # last key first: by logit, then the label behind its ties
+        out[i] = float(np.flatnonzero(order == labels[i])[0] < k)
+    return out
+
+
+def test_top1_and_top5_against_a_numpy_ranking_with_ties():
+    """Logits drawn from 6 values over 12 classes, so most labels tie with other classes; padding scores 0."""
+    from lmcli.model.scoring import token_scores
+
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 6, size=(3, 40, 12)).astype(np.float32)  # (B, T, V)
+    labels = rng.integers(0, 12, size=(3, 40))
+    np.put_along_axis(logits, labels[..., None], rng.integers(3, 7, size=(3, 40, 1)), -1)  # labels rank high-ish
+    mask = (rng.random((3, 40)) < 0.8).astype(np.float32)
+    got = token_scores(tf.constant(logits), tf.constant(labels), tf.constant(mask))
+    for name, k in (("top1", 1), ("top5", 5)):
+        want = np_top_k(logits, labels, k) * mask
+        np.testing.assert_array_equal(got[name].numpy(), want)
+        assert 0.05 < want.sum() / mask.sum() < 0.95  # the draw has both outcomes
+        above = (logits > np.take_along_axis(logits, labels[..., None], -1)).sum(-1)  # (B, T)
+        assert np.any((above < k) * mask != want)  # and ties that decide it: ties in the label's favour would fail
+    hand = np.array([[3, 3, 0, 0, 0, 0, 0],  # label (class 0) tied first with one class: rank 1
+                     [2, 2, 2, 2, 1, 1, 0],  # tied first four ways: rank 3
+                     [1, 5, 4, 3, 2, 9, 0],  # five above: the 6th
+                     [3, 9, 9, 9, 9, 3, 0],  # four above and a tie at the boundary: rank 5
+                     [1, 1, 1, 1, 1, 1, 1],  # every class tied: rank 6
+                     [9, 1, 1, 1, 1, 1, 1]], np.float32)[None]  # alone at the top: rank 0, (1, 6, 7)
+    scores = token_scores(tf.constant(hand), tf.zeros([1, 6], tf.int64), tf.ones([1, 6]))
+    assert scores["top1"].numpy().tolist() == [[0, 0, 0, 0, 0, 1]]
+    assert scores["top5"].numpy().tolist() == [[1, 1, 0, 0, 0, 1]]
+
+
+def test_eval_reports_the_top1_and_top5_of_the_model_s_own_logits(tiny_run, text_file, tmp_path):
+    """`lmcli eval` of a pad-trained run (each line from a fresh state) against numpy ranking of its logits."""
+    run = tiny_run("pad")
+    summary = json.loads(invoke("eval", run, "--text", text_file, "--json", "--quiet").stdout)
+    model, _, _ = load_model(run, "best")
+    tokenizer = Tokenizer.load(RunPaths(run).tokenizer)
+    w, b = (t.numpy().astype(np.float64) for t in model.output_weights())
+    hits, tokens = np.zeros(2), 0
+    for line in LINES:
+        ids = tokenizer.encode(line)
+        hidden, _ = model(tf.constant([[tokenizer.bos_id, *ids]], tf.int32))  # (1, T, D)
+        logits = hidden.numpy()[0].astype(np.float64) @ w.T + b  # (T, V)
+        labels = np.array([*ids, tokenizer.eos_id])
+        hits += [np_top_k(logits[None], labels[None], k).sum() for k in (1, 5)]
+        tokens += len(labels)
+    assert summary["tokens"] == tokens
+    assert (summary["top1"], summary["top5"]) == pytest.approx(tuple(hits / tokens), abs=1e-9)
+    assert 0 < hits[0] < hits[1] < tokens  # the numbers can tell top-1, top-4 and top-5 apart here

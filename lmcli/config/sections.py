@@ -80,6 +80,9 @@ class DataConfig:
         positive("--max-len", self.max_len)
 
 
+TEMPERATURE_RANGE = (1e-6, 1e6)  # TAPAS T: 1/T scales float32 scores, and the schedule divides one T by another
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """The training loss strategy. Evaluation always uses the full softmax."""
@@ -116,6 +119,11 @@ class LossConfig:
             positive("--num-resampled", self.num_resampled)
             positive("--resampling-temperature", self.resampling_temperature)
             non_negative("--final-resampling-temperature", self.final_resampling_temperature)
+            for flag, t in (("--resampling-temperature", self.resampling_temperature),
+                            ("--final-resampling-temperature", self.final_resampling_temperature)):
+                if t and not TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]:  # float32 scores and schedule
+                    raise ConfigError(f"{flag} must be in [{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}], "
+                                      f"got {t}")
             if self.num_resampled >= self.num_sampled:
                 raise ConfigError(f"--num-resampled ({self.num_resampled}) must be less than --num-sampled "
                                   f"({self.num_sampled})")

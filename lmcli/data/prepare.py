@@ -219,7 +219,7 @@ def _manifest(inputs: list[str], valid_files: list[str], test_files: list[str], 
         "inputs": inputs,
         "valid_files": valid_files,
         "test_files": test_files,
-        "options": dataclasses.asdict(cfg),
+        "options": _options(cfg, tok),
         "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "model_type": tok.model_type,
                       "vocab_size": tok.vocab_size, **{f"{k}_id": v for k, v in tok.special_ids().items()},
                       "trained": trained},
@@ -227,6 +227,14 @@ def _manifest(inputs: list[str], valid_files: list[str], test_files: list[str], 
         "dtype": DTYPE_NAME,
         "unigram_counts": [int(c) for c in counts],
     }
+
+
+def _options(cfg: PrepareConfig, tok: Tokenizer) -> dict[str, Any]:
+    """The options as asked (`vocab_size` may be "max"), with the vocabulary size they resolved to beside it."""
+    options = dataclasses.asdict(cfg)
+    at = list(options).index("vocab_size") + 1
+    items = list(options.items())
+    return dict(items[:at] + [("vocab_size_resolved", tok.vocab_size)] + items[at:])
 
 
 def _publish(tmp: Path, target: Path, force: bool) -> None:

@@ -19,7 +19,8 @@ NEG = -1e9  # logit of a removed accidental hit (finite, so gradients stay clean
 
 
 def sampled_logits(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
-                   remove_accidental_hits: bool = True, subtract_log_q: bool = True) -> tf.Tensor:
+                   remove_accidental_hits: bool = True, subtract_log_q: bool = True, *,
+                   log_sampled_expected: bool = False) -> tf.Tensor:
     """Logits (M, 1 + S) of real tokens: column 0 the label, then the shared candidates.
 
     Args:
@@ -29,6 +30,8 @@ def sampled_logits(weights, bias, hidden, labels, sampled, true_expected, sample
         true_expected: (M,) expected count of each label; sampled_expected: (S,).
         remove_accidental_hits: mask candidates equal to the token's own label.
         subtract_log_q: apply the log-Q correction.
+        log_sampled_expected: `sampled_expected` is already log Q (S,), e.g. TAPAS's log pi1 + log pi2, whose
+            product can underflow in float32.
     """
     labels = tf.cast(labels, tf.int64)
     true_w = tf.gather(weights, labels)  # (M, D)
@@ -37,7 +40,8 @@ def sampled_logits(weights, bias, hidden, labels, sampled, true_expected, sample
     logits = tf.matmul(hidden, sampled_w, transpose_b=True) + tf.gather(bias, sampled)  # (M, S)
     if subtract_log_q:
         true_logit -= tf.math.log(true_expected)
-        logits -= tf.math.log(sampled_expected)[None, :]
+        log_q = sampled_expected if log_sampled_expected else tf.math.log(sampled_expected)  # (S,)
+        logits -= log_q[None, :]
     if remove_accidental_hits:
         hits = tf.equal(labels[:, None], tf.cast(sampled, tf.int64)[None, :])  # (M, S)
         logits = tf.where(hits, NEG, logits)
@@ -50,10 +54,12 @@ def label_first_losses(logits: tf.Tensor) -> tf.Tensor:
 
 
 def sampled_logits_loss(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
-                        remove_accidental_hits: bool = True, subtract_log_q: bool = True) -> tf.Tensor:
+                        remove_accidental_hits: bool = True, subtract_log_q: bool = True, *,
+                        log_sampled_expected: bool = False) -> tf.Tensor:
     """Sampled-softmax losses (M,) of real tokens (arguments as `sampled_logits`)."""
     return label_first_losses(sampled_logits(weights, bias, hidden, labels, sampled, true_expected,
-                                             sampled_expected, remove_accidental_hits, subtract_log_q))
+                                             sampled_expected, remove_accidental_hits, subtract_log_q,
+                                             log_sampled_expected=log_sampled_expected))
 
 
 def real_rows(hidden, labels, mask):

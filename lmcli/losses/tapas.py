@@ -236,13 +236,13 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
     sampled, true_expected, sampled_expected = (tf.stop_gradient(v) for v in first)
     scores = resampling_scores(inputs.weights, inputs.bias, h, sampled, temperature)  # (S,): this replica's rows
     scores = replicas.logsumexp(scores)  # every row of the global batch votes
-    if config.tapas_correction == "resample":
-        kept, kept_expected = resample(scores, sampled, sampled_expected, config.num_resampled, ctx.seed, step)
+    if config.tapas_correction == "resample":  # log counts: pi1 * pi2 can underflow at a low temperature
+        kept, log_kept = resample(scores, sampled, sampled_expected, config.num_resampled, ctx.seed, step)
     else:  # TF1: the best scores, with their first-pass expected counts
         _, keep = tf.math.top_k(scores, k=config.num_resampled, sorted=False)  # (K,)
-        kept, kept_expected = tf.gather(sampled, keep), tf.gather(sampled_expected, keep)  # (K,), (K,)
-    logits = sampled_logits(inputs.weights, inputs.bias, h, y, kept, true_expected, kept_expected,
-                            config.remove_accidental_hits)  # (M, 1 + K)
+        kept, log_kept = tf.gather(sampled, keep), tf.math.log(tf.gather(sampled_expected, keep))  # (K,), (K,)
+    logits = sampled_logits(inputs.weights, inputs.bias, h, y, kept, true_expected, log_kept,
+                            config.remove_accidental_hits, log_sampled_expected=True)  # (M, 1 + K)
     losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)
     return StrategyOutput(losses, logits, rows, kept, label_first=True)
 

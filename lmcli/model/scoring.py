@@ -14,7 +14,8 @@ def token_scores(logits: tf.Tensor, labels: tf.Tensor, mask: tf.Tensor) -> dict[
     maskf = tf.cast(mask, tf.float32)  # (B, T)
     nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)  # (B, T)
     target = tf.gather(logits, labels, batch_dims=2)  # (B, T)
-    rank = tf.reduce_sum(tf.cast(logits > target[..., None], tf.int32), axis=-1)  # (B, T) classes above the label
+    at_least = tf.reduce_sum(tf.cast(logits >= target[..., None], tf.int32), axis=-1)  # (B, T) the label included
+    rank = at_least - 1  # (B, T) other classes at or above the label: a tie counts against it
     return {"nll": tf.where(maskf > 0, nll, 0.0), "top1": tf.cast(rank < 1, tf.float32) * maskf,
             "top5": tf.cast(rank < 5, tf.float32) * maskf}
 
