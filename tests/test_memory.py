@@ -30,7 +30,7 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}  # the lock records its holder
 
 
-BAND = (0.90, 1.10)  # measured peak / estimate, as the README states
+BAND = (0.90, 1.20)  # measured growth over the runtime / the plan's, as the README states
 
 
 @pytest.mark.parametrize("cfg", [
@@ -72,8 +72,9 @@ PEAK_CONFIGS = [  # loss, V, steps, replicas, precision, E = H, batch, optimizer
 
 def test_the_estimate_is_within_the_stated_band_of_measured_peaks():
     """Three runs of lmcli's training step, each in a fresh process (bench/scale.py's child): one device with
-    sampled and with full softmax, and two replicas on logical CPU devices; each process's peak RSS over its steps
-    is 90% to 110% of the plan's training estimate (`MemoryPlan.training`)."""
+    sampled and with full softmax, and two replicas on logical CPU devices. In each, the peak RSS above the
+    process's RSS before the run is built (TensorFlow's runtime) is 90% to 120% of the plan's parameters, slots and
+    steps (`MemoryPlan.training` less its runtime), and that runtime is within the plan's runtime figure."""
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
@@ -84,8 +85,9 @@ def test_the_estimate_is_within_the_stated_band_of_measured_peaks():
         runs = list(pool.map(lambda c: scale.child(*c), PEAK_CONFIGS))
     for config, run in zip(PEAK_CONFIGS, runs):
         assert "error" not in run, (config, run)
-        ratio = run["peak_bytes"] / run["estimate"]
-        assert BAND[0] <= ratio <= BAND[1], (config, run["peak_bytes"], run["estimate"], ratio)
+        ratio = (run["peak_bytes"] - run["baseline_bytes"]) / (run["estimate"] - memory.RUNTIME)
+        assert BAND[0] <= ratio <= BAND[1], (config, run, ratio)
+        assert run["baseline_bytes"] <= memory.RUNTIME, (config, run)
 
 
 def test_per_row_candidate_sets_add_their_noise_and_gathers_to_the_step():
