@@ -74,8 +74,7 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
             out = run(2 + r * steps + i)
         float(out["loss"])
         best = max(best, steps * batch * 35 / (time.perf_counter() - start))
-    place = memory.placement(cluster.devices)
-    plan = memory.estimate(cfg, cluster.replicas, place.available, place.copies, place.where)
+    plan = memory.plan_for(cfg, cluster.replicas, cluster.devices)
     gpu_peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] if device == "gpu" else None
     steps_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] if device == "cpu" else None
     tensors_peak = max(whole_peak, steps_peak) if device == "cpu" else None

@@ -109,6 +109,12 @@ def _in_flight(cfg: RunConfig, copies: int) -> int:
     return min(IN_FLIGHT, steps) * weights * 4
 
 
+def plan_for(cfg: RunConfig, replicas: int, devices: list[str]) -> MemoryPlan:
+    """The plan of a run with `replicas` in sync, this process's on `devices` (`Cluster.devices`)."""
+    place = placement(devices)
+    return estimate(cfg, replicas, place.available, place.copies, place.where)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a run's replicas keep their copies: how many share one memory, and how much that memory has."""

@@ -40,6 +40,7 @@ def test_two_replicas_train_exactly_as_one_device(tiny_data_dir, tmp_path, loss,
     one = train(tiny_data_dir, tmp_path / "one", options(loss, padding, distribute="none"), progress=Progress())
     two = train(tiny_data_dir, tmp_path / "two", options(loss, padding, **MIRRORED), progress=Progress())
     assert (one["replicas"], two["replicas"], two["distribute"]) == (1, 2, "mirrored")
+    assert (one["memory"]["copies"], two["memory"]["copies"]) == (1, 2)  # both replicas' copies in host memory
     np.testing.assert_allclose(losses_of(tmp_path / "two"), losses_of(tmp_path / "one"), rtol=1e-5)
     a, b = load_model(tmp_path / "one", "latest")[0], load_model(tmp_path / "two", "latest")[0]
     for x, y in zip(a.weights, b.weights):
