@@ -32,6 +32,7 @@ from lmcli import losses  # noqa: E402
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig, TrainConfig  # noqa: E402
 from lmcli.model import build_model  # noqa: E402
 from lmcli.objective import Objective  # noqa: E402
+from lmcli.step import NEVER_LABELS  # noqa: E402
 from lmcli.optim import make_optimizer  # noqa: E402
 
 LOSSES = {  # name -> (--loss, other loss options): the defaults (sampled 2048 shared, tapas 2048 -> 1024 resample)
@@ -80,7 +81,7 @@ class Runner:
         self.model = build_model(cfg.model)
         counts = (1e6 / np.arange(1, vocab + 1) ** 1.05).astype(np.int64)
         objective = floor_objective if name == "floor" else Objective.for_run(cfg, counts,
-                                                                             self.model.extras_provided)
+                                                                             self.model.extras_provided, NEVER_LABELS)
         self.model.compile(make_optimizer(cfg.train), objective, clip_norm=1.0, seed=seed, total_steps=1000)
         self.step_fn = tf.function(self.model.train_step)
         rng = np.random.default_rng(seed)

@@ -41,8 +41,11 @@ class Objective:
         self.terms = [(name, terms.get(name, provided)) for name in term_names]
 
     @classmethod
-    def for_run(cls, cfg: RunConfig, unigram_counts: Optional[np.ndarray], provided: frozenset) -> "Objective":
-        ctx = losses.get(cfg.loss.name).setup(cfg.loss, cfg.model.vocab_size, unigram_counts, cfg.train.seed)
+    def for_run(cls, cfg: RunConfig, unigram_counts: Optional[np.ndarray], provided: frozenset,
+                never_labels: tuple[int, ...] = ()) -> "Objective":
+        """The objective of `cfg`; `never_labels`: ids no batch has as a label (the unigram sampler skips them)."""
+        ctx = losses.get(cfg.loss.name).setup(cfg.loss, cfg.model.vocab_size, unigram_counts, cfg.train.seed,
+                                              never_labels)
         return cls(cfg.loss, cfg.terms, cfg.term_names, ctx, provided)
 
     def variables(self) -> list:

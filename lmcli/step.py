@@ -11,11 +11,13 @@ import keras
 import numpy as np
 
 from lmcli.config import RunConfig
+from lmcli.data.tokenizer import BOS_ID, PAD_ID
 from lmcli.distribution import Cluster, make_step
 from lmcli.model import LanguageModel, build_model
 from lmcli.objective import Objective
 from lmcli.optim import make_optimizer
 
+NEVER_LABELS = (PAD_ID, BOS_ID)  # a data dir's padding and start ids: the unigram sampler never draws them
 ADDITIVE = ("loss", "strategy_loss", "tokens")  # step outputs summed over replicas (with the terms' values)
 
 
@@ -38,7 +40,7 @@ def build_training_step(cfg: RunConfig, cluster: Cluster, unigram_counts: Option
         model = build_model(cfg.model, cfg.train.precision)
         optimizer = make_optimizer(cfg.train)
         optimizer.build(model.trainable_variables)
-        objective = Objective.for_run(cfg, unigram_counts, model.extras_provided)
+        objective = Objective.for_run(cfg, unigram_counts, model.extras_provided, NEVER_LABELS)
         model.compile(optimizer, objective, cfg.train.clip_norm, cfg.train.seed, total_steps, train_tokens)
     run = make_step(cluster, model.train_step, {*ADDITIVE, *cfg.term_names})
     return TrainingStep(model, optimizer, objective, run)

@@ -115,14 +115,23 @@ def test_learned_unigram_counts_follow_the_labels():
     assert counts[4] == 4.0 and counts[7] == 1.0 and counts.sum() == 13.0
 
 
-def test_unigram_sampler_never_draws_pad_or_bos_and_errors():
+def test_unigram_sampler_never_draws_what_is_never_a_label_and_errors():
+    """The CLI's <pad> and <s> (ids 0 and 2) are never labels: it says so and they are never drawn. Without
+    `never_labels` (a user's vocabulary, where id 0 may be a frequent word) every class can be drawn."""
     counts = np.array([0, 5, 0, 9, 4, 3, 2, 1], np.int64)
-    s = make_sampler(LossConfig(name="sampled", num_sampled=5, sampler="unigram"), 8, counts, seed=1)
+    config = LossConfig(name="sampled", num_sampled=5, sampler="unigram")
+    s = make_sampler(config, 8, counts, seed=1, never_labels=(0, 2))
+    everything = make_sampler(config, 8, counts, seed=1)
+    seen = set()
     for step in range(50):
         drawn = s.sample(tf.constant([3], tf.int64), tf.ones(1), tf.constant(step, tf.int64))[0].numpy()
         assert 0 not in drawn and 2 not in drawn
+        seen |= set(everything.sample(tf.constant([3], tf.int64), tf.ones(1), tf.constant(step, tf.int64))[0]
+                    .numpy().tolist())
+    assert seen == set(range(8))
     with pytest.raises(ConfigError, match="exceeds"):
-        make_sampler(LossConfig(name="sampled", num_sampled=7, sampler="unigram"), 8, counts, seed=1)
+        make_sampler(LossConfig(name="sampled", num_sampled=7, sampler="unigram"), 8, counts, seed=1,
+                     never_labels=(0, 2))
     with pytest.raises(ConfigError, match=r"--num-sampled \(8\) must be less than the vocabulary size \(8\)"):
         LossConfig(name="sampled", num_sampled=8, sampler="unigram").validate(8)
 

@@ -36,9 +36,10 @@ class Strategy:
     draws_candidates: bool  # needs the candidate sampler named by --sampler
 
     def setup(self, config: LossConfig, vocab_size: int, unigram_counts: Optional[np.ndarray],
-              seed: int) -> StrategyContext:
+              seed: int, never_labels: tuple[int, ...] = ()) -> StrategyContext:
         """The strategy's per-run context (its sampler, or none)."""
-        sampler = make_sampler(config, vocab_size, unigram_counts, seed) if self.draws_candidates else None
+        sampler = (make_sampler(config, vocab_size, unigram_counts, seed, never_labels) if self.draws_candidates
+                   else None)
         return StrategyContext(sampler, seed)
 
 

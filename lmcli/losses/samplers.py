@@ -11,8 +11,9 @@ approximated as 1 - (1 - q_i)^K with K chosen so that they sum to `num_sampled`:
 unique samplers use, where K is the number of with-replacement draws needed to collect the set.
 
 Distributions q:
-    unigram          counts from `prepare` (train split) ** distortion; ids never seen get the weight
-                     of one occurrence, except <pad> and <s>, which are never labels (weight 0).
+    unigram          the given counts (the train split's, from `prepare`) ** distortion; ids never seen get
+                     the weight of one occurrence, except the ids the caller says are never labels
+                     (`never_labels`: the CLI's <pad> and <s>), which get 0.
     log-uniform      q(k) = log((k + 2) / (k + 1)) / log(V + 1): Zipf over ids, which assumes ids are
                      ordered by decreasing frequency (true for sentencepiece word/char/unigram models,
                      not for bpe; see the README).
@@ -30,8 +31,6 @@ import tensorflow as tf
 from lmcli import replicas
 from lmcli.config import LossConfig
 from lmcli.errors import ConfigError
-
-PAD_ID, BOS_ID = 0, 2
 
 
 def inclusion_tries(q: np.ndarray, num_sampled: int) -> float:
@@ -168,9 +167,9 @@ class LearnedUnigramSampler(Sampler):
         return [self.counts]
 
 
-def unigram_weights(counts: np.ndarray, distortion: float) -> np.ndarray:
+def unigram_weights(counts: np.ndarray, distortion: float, never_labels: tuple[int, ...] = ()) -> np.ndarray:
     w = np.maximum(np.asarray(counts, np.float64), 1.0) ** distortion
-    w[[PAD_ID, BOS_ID]] = 0.0
+    w[list(never_labels)] = 0.0
     return w
 
 
@@ -179,12 +178,13 @@ def log_uniform_weights(vocab_size: int) -> np.ndarray:
     return np.log((k + 2.0) / (k + 1.0)) / np.log(vocab_size + 1.0)
 
 
-def make_sampler(cfg: LossConfig, vocab_size: int, unigram_counts: np.ndarray | None, seed: int) -> Sampler:
-    """The sampler named by `cfg.sampler` for a run."""
+def make_sampler(cfg: LossConfig, vocab_size: int, unigram_counts: np.ndarray | None, seed: int,
+                 never_labels: tuple[int, ...] = ()) -> Sampler:
+    """The sampler named by `cfg.sampler` for a run; `never_labels`: ids the unigram sampler never draws."""
     if cfg.sampler == "unigram":
         if unigram_counts is None:
             raise ConfigError("the unigram sampler needs the data dir's unigram counts")
-        return Sampler(unigram_weights(unigram_counts, cfg.unigram_distortion), cfg.num_sampled, seed)
+        return Sampler(unigram_weights(unigram_counts, cfg.unigram_distortion, never_labels), cfg.num_sampled, seed)
     if cfg.sampler == "log-uniform":
         return Sampler(log_uniform_weights(vocab_size), cfg.num_sampled, seed)
     if cfg.sampler == "uniform":

@@ -15,6 +15,8 @@ row-sparse (IndexedSlices).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Optional
 
 import keras
@@ -44,6 +46,7 @@ class WordEmbedding(keras.layers.Layer):
         self.dim = dim
         self.word_dropout = word_dropout
         self.variational = variational
+        self._scoped = _NoiseHolder()
 
     def build(self, input_shape=None) -> None:
         # `_embeddings`, as keras.layers.Embedding names it, so checkpoints of either layer restore into this one.
@@ -66,8 +69,19 @@ class WordEmbedding(keras.layers.Layer):
         """What the loss terms may read: log alpha (V,) when variational."""
         return {"log_alpha": local(self.log_alpha.value)} if self.variational else {}
 
+    @contextlib.contextmanager
+    def noise_scope(self, noise: Noise) -> Iterator[None]:
+        """Within it, calls that pass no `noise` use this one: how `BackboneModel` reaches the embedding inside a
+        user's backbone, which calls it with ids only."""
+        self._scoped.noise = noise
+        try:
+            yield
+        finally:
+            self._scoped.noise = None
+
     def call(self, ids: tf.Tensor, noise: Optional[Noise] = None) -> tf.Tensor:
         """ids (B, ...) -> vectors (B, ..., E); `noise` (training) turns on the regularisers."""
+        noise = noise if noise is not None else self._scoped.noise
         x = tf.gather(self.matrix(), ids)  # (B, T, E)
         if noise is None:
             return x
@@ -81,8 +95,17 @@ class WordEmbedding(keras.layers.Layer):
             x = x * (1.0 + tf.sqrt(alpha) * eps)[..., None]
         return x
 
+    def compute_output_shape(self, input_shape) -> tuple:
+        return (*input_shape, self.dim)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update({"vocab_size": self.vocab_size, "dim": self.dim, "word_dropout": self.word_dropout,
                        "variational": self.variational})
         return config
+
+
+class _NoiseHolder:
+    """A plain object (not tracked by Keras or checkpoints) holding the scoped noise."""
+
+    noise: Optional[Noise] = None

@@ -3,13 +3,7 @@
 It is what `lmcli export` saves, so an export loads with `tf.saved_model.load` alone. Gate order and
 activations follow Keras' LSTM (i, f, c, o; sigmoid gates, tanh cell), so outputs equal the checkpoint's.
 
-Signatures (all full softmax with the trained W [V, D] and b [V]):
-    log_probs(ids [B, T])                      -> log_probs [B, T, V]
-    score(ids [B, T], lengths [B])             -> loglik [B], tokens [B]
-    init_state(batch_size [])                  -> h_0, c_0, h_1, c_1, ...   ([B, H] each)
-    step(ids [B], h_0, c_0, ...)               -> log_probs [B, V], h_0, c_0, ...
-`score` sums log p(ids[t + 1] | ids[:t + 1]) for t < lengths - 1 (ids hold the start id first); positions
-at and past `lengths` are padding.
+Its signatures are those of `lmcli.model.signatures.SIGNATURES` (all of them: this network carries a state).
 Extra (non-signature) functions used by lmcli's eval and generate: `score_batch`, `prefill`.
 """
 
@@ -18,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from lmcli.model.scoring import token_scores
+from lmcli.model.signatures import DEFAULT, SIGNATURES, input_specs, loglik
 
 
 class InferenceGraph(tf.Module):
@@ -86,7 +81,6 @@ class InferenceGraph(tf.Module):
 
     # ---- signatures -------------------------------------------------------------------------------
     def _build_signatures(self) -> None:
-        ids2 = tf.TensorSpec([None, None], tf.int32, name="ids")
         state_specs = [tf.TensorSpec([None, self.hidden], tf.float32, name=n) for n in self.state_names]
 
         def log_probs(ids):
@@ -95,14 +89,9 @@ class InferenceGraph(tf.Module):
             return {"log_probs": tf.nn.log_softmax(self._logits(hidden))}  # (B, T, V)
 
         def score(ids, lengths):
-            b, t = tf.shape(ids)[0], tf.shape(ids)[1]
-            mask = tf.sequence_mask(lengths, t)  # (B, T)
-            hidden, _ = self._sequence(ids, mask, self._zeros(b))
-            lp = tf.nn.log_softmax(self._logits(hidden[:, :-1]))  # (B, T-1, V)
-            target = tf.gather(lp, ids[:, 1:], batch_dims=2)  # (B, T-1)
-            real = tf.sequence_mask(lengths - 1, t - 1)
-            return {"loglik": tf.reduce_sum(tf.where(real, target, 0.0), axis=1),
-                    "tokens": tf.reduce_sum(tf.cast(real, tf.int32), axis=1)}
+            mask = tf.sequence_mask(lengths, tf.shape(ids)[1])  # (B, T)
+            hidden, _ = self._sequence(ids, mask, self._zeros(tf.shape(ids)[0]))
+            return loglik(self._logits(hidden[:, :-1]), ids, lengths)
 
         def init_state(batch_size):
             return dict(zip(self.state_names, self._zeros(batch_size)))
@@ -132,10 +121,10 @@ class InferenceGraph(tf.Module):
             out.update(token_scores(self._logits(hidden), labels, mask))  # nll, top1, top5: (B, T)
             return out
 
-        self.log_probs = tf.function(log_probs, input_signature=[ids2])
-        self.score = tf.function(score, input_signature=[ids2, tf.TensorSpec([None], tf.int32, name="lengths")])
-        self.init_state = tf.function(init_state, input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
-        self.step = tf.function(step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids"), *state_specs])
+        functions = {"log_probs": log_probs, "score": score, "init_state": init_state, "step": step}
+        assert set(functions) == set(SIGNATURES), "a signature of the table has no function here"
+        for name, fn in functions.items():
+            setattr(self, name, tf.function(fn, input_signature=input_specs(name, self.state_names, self.hidden)))
         self.prefill = tf.function(prefill, input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids"),
                                                              tf.TensorSpec([None, None], tf.bool, name="mask")])
         self.score_batch = tf.function(score_batch, input_signature=[
@@ -143,5 +132,4 @@ class InferenceGraph(tf.Module):
             tf.TensorSpec([None, None], tf.float32, name="mask"), *state_specs])
 
     def signatures(self) -> dict:
-        return {"serving_default": self.log_probs, "log_probs": self.log_probs, "score": self.score,
-                "init_state": self.init_state, "step": self.step}
+        return {"serving_default": getattr(self, DEFAULT), **{name: getattr(self, name) for name in SIGNATURES}}
