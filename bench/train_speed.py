@@ -32,8 +32,8 @@ from lmcli import losses  # noqa: E402
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig, TrainConfig  # noqa: E402
 from lmcli.model import build_model  # noqa: E402
 from lmcli.objective import Objective  # noqa: E402
-from lmcli.step import NEVER_LABELS  # noqa: E402
 from lmcli.optim import make_optimizer  # noqa: E402
+from lmcli.step import NEVER_LABELS  # noqa: E402
 
 LOSSES = {  # name -> (--loss, other loss options): the defaults (sampled 2048 shared, tapas 2048 -> 1024 resample)
     "full": ("full", {}), "sampled": ("sampled", {}), "sampled-row": ("sampled", {"candidate_sets": "row",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Optional
 
-import keras
 import tensorflow as tf
 
 from lmcli.model.embedding import WordEmbedding

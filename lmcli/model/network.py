@@ -2,8 +2,8 @@
 
 The CLI's network on the public training path (`SoftmaxModel`: `train_step` hands the run's `Objective` one
 bundle, `test_step` and `score` use the full softmax on the same W and b); this module adds only the network, its
-carried state and its step-by-step inference. Training randomness (dropout, embedding noise) is stateless, keyed on (seed, step), so a resumed run draws the
-same masks; none of it runs outside `train_step`.
+carried state and its step-by-step inference. Training randomness (dropout, embedding noise) is stateless, keyed
+on (seed, step), so a resumed run draws the same masks; none of it runs outside `train_step`.
 """
 
 from __future__ import annotations

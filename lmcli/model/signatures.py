@@ -27,8 +27,9 @@ class Signature:
 SIGNATURES: dict[str, Signature] = {
     "log_probs": Signature((("ids", (None, None), tf.int32, "[B, T]"),), "log_probs [B, T, V]", False,
                            "log-probabilities of the next token at every position (also `serving_default`)"),
-    "score": Signature((("ids", (None, None), tf.int32, "[B, T]"), ("lengths", (None,), tf.int32, "[B]")), "loglik [B], tokens [B]",
-                       False, "log-likelihood of each row's tokens after the first, and how many were scored"),
+    "score": Signature((("ids", (None, None), tf.int32, "[B, T]"), ("lengths", (None,), tf.int32, "[B]")),
+                       "loglik [B], tokens [B]", False,
+                       "log-likelihood of each row's tokens after the first, and how many were scored"),
     "init_state": Signature((("batch_size", (), tf.int32, "[]"),), "{state}", True, "the zero state for B rows"),
     "step": Signature((("ids", (None,), tf.int32, "[B]"),), "log_probs [B, V], {state}", True,
                       "one token per row with the state carried (its inputs: ids, then {state})"),
