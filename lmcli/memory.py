@@ -6,7 +6,7 @@ parameter, Adagrad: 1, SGD: 0), plus the larger of one training step's transient
 batch's. The training-step part was calibrated on this project's 2-core CPU machines (E = H = 512, batch
 32 x 35, peak RSS after 3 steps): full softmax at V = 32k / 100k with adam, lazy-adam and sgd, sampled at
 V = 32k / 100k with lazy-adam, adam and adagrad, TAPAS at 100k: every measured peak was 90% to 97% of the
-estimate (see the README).
+estimate (see the README). The output layer's share is the loss strategy's own (`Strategy.memory`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from lmcli import losses
 from lmcli.config import RunConfig
 from lmcli.errors import MemoryLimitError  # noqa: F401 (re-exported for callers)
 
@@ -78,20 +79,14 @@ def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None,
     m, loss = cfg.model, cfg.loss
     v, e, h, d = m.vocab_size, m.embedding_dim, m.hidden, m.output_dim
     params = parameter_count(cfg)
-    n = max(1, cfg.data.batch_size // max(replicas, 1)) * (cfg.data.seq_len if cfg.data.padding == "pack"
-                                                         else cfg.data.max_len)  # tokens per replica step
-    if loss.name == "full":
-        output = 3 * n * v // 2 + v * d  # logits and their gradient (in part), the dense gradient of W
-    else:
-        kept = loss.num_resampled if loss.name == "tapas" else loss.num_sampled
-        output = 4 * n * (kept + 1) + 2 * loss.num_sampled * d + (n * loss.num_sampled if loss.name == "tapas" else 0)
-        if loss.candidate_sets == "row":  # Gumbel noise over V for every global row; W gathered per row
-            rows = max(1, cfg.data.batch_size // max(replicas, 1))
-            output += 3 * cfg.data.batch_size * v + 2 * rows * loss.num_sampled * d
-    output += DENSIFY.get(cfg.train.optimizer, 0.0) * v * (e + d)  # Keras Adam/Adagrad: dense V x D temporaries
-    terms = 4 * n * (v if loss.name == "full" else loss.num_sampled) if "embedding" in cfg.term_names else 0
+    rows = max(1, cfg.data.batch_size // max(replicas, 1))  # batch rows per replica
+    n = rows * (cfg.data.seq_len if cfg.data.padding == "pack" else cfg.data.max_len)  # tokens per replica step
+    output = losses.get(loss.name).memory(loss, losses.StepSize(n, rows, cfg.data.batch_size, v, d))
+    densify = DENSIFY.get(cfg.train.optimizer, 0.0) * v * (e + d)  # Keras Adam/Adagrad: dense V x D temporaries
+    terms = 4 * n * output.classes if "embedding" in cfg.term_names else 0
     lstm = 12 * n * h * m.layers + 4 * n * (e + d)
-    step = (output + terms) * 4 + lstm * (4 if cfg.train.precision == "float32" else 2) + _in_flight(cfg, copies)
+    step = (output.bytes + (densify + terms) * 4 + lstm * (4 if cfg.train.precision == "float32" else 2)
+            + _in_flight(cfg, copies))
     validation = 2 * n * max(replicas, 1) * v * 4  # one device's full-softmax logits of a whole evaluation batch
     return MemoryPlan(params * 4, SLOTS.get(cfg.train.optimizer, 2) * params * 4, step, validation,
                       available=available, copies=copies, where=where)

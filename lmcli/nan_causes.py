@@ -1,27 +1,22 @@
 """What to tell a user whose loss became NaN or Inf: the likely causes for the strategy and options in use.
 
-A TAPAS run below `LOW_TEMPERATURE` is pointed at the resampling temperature: the second pass's scores are
-logsumexp over the batch of (w . h + b) / T, so at T = 0.02 they are 50 times as far apart as at T = 1, and its
-corrections (log of inclusion probabilities) grow with them. Any other run is pointed at the learning rate and
-clipping, and a float16 one at its precision as well.
+A strategy may name a cause of its own first (`Strategy.nan_cause`: TAPAS points at a low resampling
+temperature). Otherwise the run is pointed at the learning rate and clipping, and a float16 one at its precision
+as well.
 """
 
 from __future__ import annotations
 
+from lmcli import losses
 from lmcli.config import RunConfig
-from lmcli.losses.tapas import resampling_temperature
-
-LOW_TEMPERATURE = 0.3  # below this, a TAPAS NaN names the resampling temperature first
 
 
 def likely_causes(cfg: RunConfig, step: int, total_steps: int) -> str:
     """What to try, for the run `cfg` whose loss went bad at (1-based) `step` of `total_steps` planned."""
-    if cfg.loss.name == "tapas":
-        temperature = float(resampling_temperature(cfg.loss, max(step - 1, 0), total_steps))
-        if temperature < LOW_TEMPERATURE:
-            return (f"the TAPAS resampling temperature was {temperature:.3g} at that step (below {LOW_TEMPERATURE}, "
-                    "the second pass's scores, scaled by 1/T, spread far apart): try a higher --resampling-temperature"
-                    + (" or --final-resampling-temperature" if cfg.loss.final_resampling_temperature else ""))
+    own = losses.get(cfg.loss.name).nan_cause
+    cause = own(cfg.loss, step, total_steps) if own is not None else None
+    if cause:
+        return cause
     train = cfg.train
     clip = (f"a smaller --clip-norm (now {train.clip_norm:g})" if train.clip_norm > 0
             else "a --clip-norm (e.g. 1.0; clipping is off)")

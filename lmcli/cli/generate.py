@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from lmcli.cli.binding import bind, given, overrides
 from lmcli.cli.options import CheckpointOpt, ConfigOpt, JsonOpt, ModelArg, QuietOpt, emit_json
 from lmcli.config import GenerateConfig
 
@@ -16,6 +17,7 @@ G = GenerateConfig()
 
 
 def generate(
+    ctx: typer.Context,
     model: ModelArg,
     prompt: Annotated[Optional[str], typer.Option(help="Text to continue.", show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="File of prompts, one per line; JSONL out, one batch.",
@@ -46,8 +48,7 @@ def generate(
     texts = [prompt] if prompt is not None else list(read_lines(str(prompts)))
     if not texts:
         raise ConfigError(f"{prompts} has no prompts")
-    cfg = GenerateConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         num_samples=num_samples)
+    cfg = GenerateConfig(**overrides(GENERATE, given(ctx))["generate"])
     check_request(texts, cfg, stop or ())
     backend, tokenizer, info = open_model(model, checkpoint)
     stream = not json_out and not quiet and prompts is None and num_samples == 1
@@ -70,3 +71,8 @@ def generate(
     else:
         for s in samples:
             sys.stdout.write(s["text"] + "\n")
+
+
+# Each option above sets GenerateConfig's field of its name.
+GENERATE = bind(generate, {"generate": GenerateConfig},
+                extras=("ctx", "model", "prompt", "prompts", "stop", "checkpoint", "config", "json_out", "quiet"))

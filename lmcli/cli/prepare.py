@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from lmcli.cli.binding import bind, given, overrides
 from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, print_table, progress_for
 from lmcli.config import ENCODING_ERRORS, MODEL_TYPES, VOCAB_MAX, PrepareConfig
 
@@ -24,6 +25,7 @@ def _vocab_size(value: str) -> int | str:
 
 
 def prepare(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Text files (.gz ok), or - for stdin.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Data dir to write.", show_default=False)],
     vocab_size: Annotated[str, typer.Option(help="Tokenizer vocabulary size, specials included; max = every "
@@ -50,9 +52,7 @@ def prepare(
     """Train (or reuse) a sentencepiece tokenizer and write train/valid/test token shards."""
     from lmcli.data.prepare import prepare as run_prepare
 
-    cfg = PrepareConfig(vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-                        tokenizer=str(tokenizer) if tokenizer else None, valid_fraction=valid_fraction,
-                        test_fraction=test_fraction, seed=seed, encoding_errors=encoding_errors)
+    cfg = PrepareConfig(**overrides(PREPARE, given(ctx))["prepare"])
     cfg.validate()
     result = run_prepare(inputs, out, cfg, progress_for(quiet), valid_files=valid or (),
                          test_files=test or (), force=force)
@@ -60,6 +60,12 @@ def prepare(
         emit_json(result)
     elif not quiet:
         print_table(f"prepared {out}", [(k, v) for k, v in _flat(result)])
+
+
+# Each option above sets PrepareConfig's field of its name; the sampling and shard sizes have no option.
+PREPARE = bind(prepare, {"prepare": PrepareConfig},
+               internal=(("prepare", "max_sentences"), ("prepare", "shard_tokens")),
+               extras=("ctx", "inputs", "out", "valid", "test", "force", "config", "json_out", "quiet"))
 
 
 def _flat(d: dict, prefix: str = ""):

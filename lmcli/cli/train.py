@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from lmcli.cli.binding import bind, given, overrides
 from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, print_table, progress_for
 from lmcli.config import (
     AUX_DISTANCES,
@@ -35,7 +35,6 @@ M, DT, L, TM, T = ModelConfig(), DataConfig(), LossConfig(), TermsConfig(), Trai
 MODEL, LOSS, TERMS, DATA, OPTIM, DEVICES, RUN = (
     "Model", "Loss strategy", "Loss terms and regularisers", "Data layout", "Optimisation and schedule",
     "Devices and precision", "Run, checkpoints and logs")
-ALIASES = {("loss", "name"): "loss"}  # config field -> option, where the names differ
 
 
 def _opt(help: str, default: Any, panel: str, *decls: str, names: tuple[str, ...] = ()) -> Any:
@@ -50,6 +49,7 @@ def _flag(on: str, off: str, help: str, default: bool, panel: str) -> Any:
 
 
 def train(
+    ctx: typer.Context,
     data_dir: Annotated[Path, typer.Argument(help="Data dir written by `lmcli prepare`.", show_default=False)],
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Where checkpoints and logs go (a new or an lmcli "
                                           "run dir).", show_default=False)],
@@ -174,10 +174,7 @@ def train(
     """
     from lmcli.training import train as run_train
 
-    given = locals()
-    overrides = {section: {f.name: given.get(ALIASES.get((section, f.name), f.name)) for f in fields(cls)}
-                 for section, cls in SECTIONS.items()}
-    result = run_train(data_dir, run_dir, overrides, restart=restart, progress=progress_for(quiet))
+    result = run_train(data_dir, run_dir, overrides(TRAIN, given(ctx)), restart=restart, progress=progress_for(quiet))
     if export_on_finish is not None:  # the chief's job: every worker writing the same dir would race
         from lmcli.exporting import export as run_export
 
@@ -186,3 +183,8 @@ def train(
         emit_json(result)
     elif not quiet:
         print_table(f"trained {run_dir}", list(result.items()))
+
+
+# Each option above sets the run config's field of its name; --loss sets loss.name; V comes from the data dir.
+TRAIN = bind(train, SECTIONS, aliases={("loss", "name"): "loss"}, internal=(("model", "vocab_size"),),
+             extras=("ctx", "data_dir", "run_dir", "export_on_finish", "restart", "config", "json_out", "quiet"))

@@ -1,10 +1,11 @@
 """Typed, frozen configs: the one place where defaults live, validated once, with JSON round trips.
 
 Every run dir holds `config.json` = `RunConfig.to_dict()`; the model and the data pipeline are rebuilt from it
-alone. `sections` holds a run's parts, `run` the RunConfig, `commands` the options of prepare and generate.
+alone. `sections` holds a run's parts, `run` the RunConfig, `commands` the options of prepare, eval and
+generate.
 """
 
-from lmcli.config.commands import ENCODING_ERRORS, MODEL_TYPES, VOCAB_MAX, GenerateConfig, PrepareConfig
+from lmcli.config.commands import ENCODING_ERRORS, MODEL_TYPES, VOCAB_MAX, EvalConfig, GenerateConfig, PrepareConfig
 from lmcli.config.run import SECTIONS, RunConfig
 from lmcli.config.sections import (
     AUX_DISTANCES,
@@ -29,5 +30,5 @@ from lmcli.config.sections import (
 
 __all__ = ["AUX_DISTANCES", "AUX_LOSSES", "CANDIDATE_SETS", "DISTRIBUTES", "ENCODING_ERRORS", "LOSSES",
            "LR_SCHEDULES", "MODEL_TYPES", "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "PRECISIONS", "SAMPLERS", "SECTIONS",
-           "TAPAS_CORRECTIONS", "TEMPERATURE_DECAYS", "VOCAB_MAX", "DataConfig", "GenerateConfig", "LossConfig",
-           "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig", "TrainConfig"]
+           "TAPAS_CORRECTIONS", "TEMPERATURE_DECAYS", "VOCAB_MAX", "DataConfig", "EvalConfig", "GenerateConfig",
+           "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig", "TrainConfig"]

@@ -1,4 +1,4 @@
-"""Options of the commands that are not a run's config: `prepare` and `generate`."""
+"""Options of the commands that are not a run's config: `prepare`, `eval` and `generate`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,18 @@ class PrepareConfig:
             raise ConfigError("--valid-fraction + --test-fraction must be below 1")
         choice("encoding-errors mode", self.encoding_errors, ENCODING_ERRORS)
         positive("shard size", self.shard_tokens)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of `lmcli eval` that choose what is scored and how (`lmcli.evaluation.evaluate` checks them)."""
+
+    split: str = "test"  # valid | test | train; ignored with --text
+    batch_size: Optional[int] = None  # rows per batch; None = the run's
+    encoding_errors: str = "strict"  # --text: invalid UTF-8 stops (strict) or becomes U+FFFD (replace)
+    whole_lines: bool = False  # score each line whole, alone, from a fresh state (default: the run's layout)
+    token_logprobs: bool = False  # with --per-line: add each line's pieces and log-probs
+
 
 @dataclass(frozen=True)
 class GenerateConfig:

@@ -34,14 +34,15 @@ class RunConfig:
         return self.terms.aux_loss + (("kl",) if self.model.variational_embedding else ())
 
     def resolved(self) -> "RunConfig":
-        """'auto' choices made concrete (they are saved resolved in config.json)."""
-        sparse = self.loss.name in ("sampled", "tapas")
-        optimizer = self.train.optimizer
-        if optimizer == "auto":
-            optimizer = "lazy-adam" if sparse else "adam"
-        sampler = self.loss.sampler
-        if sampler == "auto":
-            sampler = "learned-unigram" if self.loss.name == "tapas" else "unigram"
+        """'auto' choices made concrete by the loss strategy (they are saved resolved in config.json); an unknown
+        strategy keeps them, for `validate` to name it."""
+        from lmcli.losses import STRATEGIES  # the registry imports this module: asked at call time
+
+        strategy = STRATEGIES.get(self.loss.name)
+        if strategy is None:
+            return self
+        optimizer = strategy.optimizer if self.train.optimizer == "auto" else self.train.optimizer
+        sampler = strategy.sampler if self.loss.sampler == "auto" else self.loss.sampler
         return dataclasses.replace(self, train=dataclasses.replace(self.train, optimizer=optimizer),
                                    loss=dataclasses.replace(self.loss, sampler=sampler))
 

@@ -1,6 +1,9 @@
 """The sections of a run's config: model, data layout, loss strategy, loss terms, optimisation.
 
-Each is a frozen dataclass with a comment on every default, validated once (by `RunConfig.validate`).
+Each is a frozen dataclass with a comment on every default, validated once (by `RunConfig.validate`). What depends
+on the loss strategy (its options' checks, the optimizer and sampler 'auto' means) is declared by the strategy
+in `lmcli.losses` and asked for when a config is validated or resolved: this package never imports `lmcli.losses`
+at import time (that package imports this one, and TensorFlow).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 from lmcli.config.checks import choice, non_negative, positive, rate
 from lmcli.errors import ConfigError
 
-LOSSES = ("full", "sampled", "tapas")
+LOSSES = ("full", "sampled", "tapas")  # the names --help lists; the registry, lmcli.losses.STRATEGIES, decides
 SAMPLERS = ("auto", "unigram", "log-uniform", "uniform", "learned-unigram")
 PADDINGS = ("pack", "pad")
 PAD_SIDES = ("right", "left")
@@ -80,9 +83,6 @@ class DataConfig:
         positive("--max-len", self.max_len)
 
 
-TEMPERATURE_RANGE = (1e-6, 1e6)  # TAPAS T: 1/T scales float32 scores, and the schedule divides one T by another
-
-
 @dataclass(frozen=True)
 class LossConfig:
     """The training loss strategy. Evaluation always uses the full softmax."""
@@ -100,33 +100,15 @@ class LossConfig:
     tapas_correction: str = "resample"  # tapas: resample (an importance-sampled second pass) | none (TF1's top-k)
 
     def validate(self, vocab_size: int) -> None:
-        choice("loss", self.name, LOSSES)
+        """The options' choices, then the checks that the strategy declares (`lmcli.losses.strategy`)."""
+        from lmcli.losses import get  # the registry imports this module: asked at call time
+
+        strategy = get(self.name)
         choice("sampler", self.sampler, SAMPLERS)
         choice("temperature decay", self.temperature_decay, TEMPERATURE_DECAYS)
         choice("--candidate-sets", self.candidate_sets, CANDIDATE_SETS)
         choice("--tapas-correction", self.tapas_correction, TAPAS_CORRECTIONS)
-        if self.name == "full":
-            return
-        positive("--num-sampled", self.num_sampled)
-        non_negative("--unigram-distortion", self.unigram_distortion)
-        limit = vocab_size if self.name == "tapas" else vocab_size - 1  # sampled: the label is never a candidate
-        if self.num_sampled > limit:
-            rule = "must not exceed" if self.name == "tapas" else "must be less than"
-            raise ConfigError(f"--num-sampled ({self.num_sampled}) {rule} the vocabulary size ({vocab_size})")
-        if self.name == "tapas":
-            if self.candidate_sets != "batch":
-                raise ConfigError("--candidate-sets row is for --loss sampled (TAPAS scores one set over the batch)")
-            positive("--num-resampled", self.num_resampled)
-            positive("--resampling-temperature", self.resampling_temperature)
-            non_negative("--final-resampling-temperature", self.final_resampling_temperature)
-            for flag, t in (("--resampling-temperature", self.resampling_temperature),
-                            ("--final-resampling-temperature", self.final_resampling_temperature)):
-                if t and not TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]:  # float32 scores and schedule
-                    raise ConfigError(f"{flag} must be in [{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}], "
-                                      f"got {t}")
-            if self.num_resampled >= self.num_sampled:
-                raise ConfigError(f"--num-resampled ({self.num_resampled}) must be less than --num-sampled "
-                                  f"({self.num_sampled})")
+        strategy.check(self, vocab_size)
 
 
 @dataclass(frozen=True)

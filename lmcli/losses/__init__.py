@@ -1,4 +1,4 @@
-"""Loss strategies behind one contract, their registry (which owns each one's setup), and the one reduction.
+"""Loss strategies behind one contract, their registry, and the one reduction.
 
 A strategy is a plain function
 
@@ -7,46 +7,34 @@ A strategy is a plain function
 whose `losses` (N,) are per-token losses in nats, 0 where mask is 0, and whose `logits` are over the classes it
 scored (loss terms may read them). The model never knows which one it runs; evaluation always uses the full
 softmax.
+
+Each strategy's module declares everything about it in one `Strategy` (`lmcli.losses.strategy`): its options'
+checks, the optimizer that suits it, what `--sampler auto` means for it, its memory cost and whether it draws
+candidates. `STRATEGIES` below is the registry: adding a strategy is its module plus one line here (and its name
+in `lmcli.config.LOSSES` if `--help` should list it).
+
+The import direction: this package imports `lmcli.config` (the configs are its inputs); the config never imports
+this package at import time. `RunConfig.validate` and `RunConfig.resolved` ask the registry when they run, through
+`get` (unknown names) and `STRATEGIES`, so that the configs stay free of TensorFlow where only they are needed
+(the CLI's start, `--help`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
-from lmcli.config import LOSSES as LOSS_NAMES
 from lmcli.config import LossConfig
 from lmcli.errors import ConfigError
 from lmcli.losses import full, sampled, tapas
 from lmcli.losses.context import Clock, LossInputs, StrategyContext, StrategyOutput
-from lmcli.losses.samplers import make_sampler
+from lmcli.losses.strategy import OutputMemory, StepSize, Strategy, StrategyFn
 
-StrategyFn = Callable[[LossInputs, LossConfig, StrategyContext], StrategyOutput]
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A registry entry: the function, and what its setup must make for a run."""
-
-    fn: StrategyFn
-    draws_candidates: bool  # needs the candidate sampler named by --sampler
-
-    def setup(self, config: LossConfig, vocab_size: int, unigram_counts: Optional[np.ndarray],
-              seed: int, never_labels: tuple[int, ...] = ()) -> StrategyContext:
-        """The strategy's per-run context (its sampler, or none)."""
-        sampler = (make_sampler(config, vocab_size, unigram_counts, seed, never_labels) if self.draws_candidates
-                   else None)
-        return StrategyContext(sampler, seed)
-
-
-STRATEGIES: dict[str, Strategy] = {
-    "full": Strategy(full.strategy, draws_candidates=False),
-    "sampled": Strategy(sampled.strategy, draws_candidates=True),
-    "tapas": Strategy(tapas.strategy, draws_candidates=True),
+STRATEGIES: dict[str, Strategy] = {  # the registry: one line per strategy, --loss NAME
+    "full": full.STRATEGY,
+    "sampled": sampled.STRATEGY,
+    "tapas": tapas.STRATEGY,
 }
 
 
@@ -55,8 +43,12 @@ def get(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
     except KeyError:
-        known = ", ".join(n for n in LOSS_NAMES if n in STRATEGIES)
-        raise ConfigError(f"unknown loss '{name}' (choose from {known})") from None
+        raise ConfigError(f"unknown loss '{name}' (choose from {', '.join(STRATEGIES)})") from None
+
+
+def check(config: LossConfig, vocab_size: int) -> None:
+    """The checks of `config`'s strategy on its options (a ConfigError naming the option), for V = `vocab_size`."""
+    get(config.name).check(config, vocab_size)
 
 
 def per_token(config: LossConfig, weights, bias, hidden, labels, mask, step=0, sampler=None, total_steps: int = 0,
@@ -81,5 +73,5 @@ def masked_mean(losses: tf.Tensor, mask: tf.Tensor, count: Optional[tf.Tensor] =
     return tf.math.divide_no_nan(total, tf.reduce_sum(mask) if count is None else count)
 
 
-__all__ = ["STRATEGIES", "Clock", "LossInputs", "Strategy", "StrategyContext", "StrategyFn", "StrategyOutput",
-           "get", "masked_mean", "per_token"]
+__all__ = ["STRATEGIES", "Clock", "LossInputs", "OutputMemory", "StepSize", "Strategy", "StrategyContext",
+           "StrategyFn", "StrategyOutput", "check", "get", "masked_mean", "per_token"]

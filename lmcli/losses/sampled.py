@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from lmcli.config import LossConfig
 from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
+from lmcli.losses.samplers import check_draws
+from lmcli.losses.strategy import OutputMemory, StepSize, Strategy
 
 NEG = -1e9  # logit of a removed accidental hit (finite, so gradients stay clean)
 
@@ -110,3 +112,23 @@ def _per_row(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
                             config.remove_accidental_hits)  # (N, 1 + S)
     losses = label_first_losses(logits) * inputs.mask  # (N,)
     return StrategyOutput(losses, logits, None, sampled, label_first=True)
+
+
+def check(config: LossConfig, vocab_size: int) -> None:
+    """The label is never one of its own candidates: at most V - 1 of them."""
+    check_draws(config, vocab_size, vocab_size - 1, "must be less than")
+
+
+def memory(config: LossConfig, size: StepSize) -> OutputMemory:
+    """The (N, 1 + S) logits and their gradient, the S gathered rows of W and their gradient; with a candidate set
+    per row, Gumbel noise over V for every global row and S rows of W gathered per row."""
+    n, s, d = size.tokens, config.num_sampled, size.dim
+    floats = 4 * n * (s + 1) + 2 * s * d
+    if config.candidate_sets == "row":
+        floats += 3 * size.global_rows * size.vocab_size + 2 * size.rows * s * d
+    return OutputMemory(4 * floats, s)
+
+
+# Candidates drawn (--sampler auto: by unigram counts), a step's gradient touches S + N rows of W: lazy Adam.
+STRATEGY = Strategy(strategy, draws_candidates=True, check=check, optimizer="lazy-adam", sampler="unigram",
+                    memory=memory)

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from lmcli import replicas
 from lmcli.config import LossConfig
+from lmcli.config.checks import non_negative, positive
 from lmcli.errors import ConfigError
 
 
@@ -192,3 +193,12 @@ def make_sampler(cfg: LossConfig, vocab_size: int, unigram_counts: np.ndarray | 
     if cfg.sampler == "learned-unigram":
         return LearnedUnigramSampler(vocab_size, cfg.num_sampled, seed, cfg.unigram_distortion)
     raise ConfigError(f"unknown sampler '{cfg.sampler}'")
+
+
+def check_draws(cfg: LossConfig, vocab_size: int, limit: int, rule: str) -> None:
+    """The options of a strategy that draws candidates: --num-sampled positive and at most `limit` (the message
+    says it `rule` the vocabulary size), --unigram-distortion >= 0."""
+    positive("--num-sampled", cfg.num_sampled)
+    non_negative("--unigram-distortion", cfg.unigram_distortion)
+    if cfg.num_sampled > limit:
+        raise ConfigError(f"--num-sampled ({cfg.num_sampled}) {rule} the vocabulary size ({vocab_size})")

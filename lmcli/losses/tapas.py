@@ -24,12 +24,18 @@ import tensorflow as tf
 
 from lmcli import replicas
 from lmcli.config import LossConfig
+from lmcli.config.checks import non_negative, positive
+from lmcli.errors import ConfigError
 from lmcli.losses import sharding
 from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
 from lmcli.losses.resample import resample
 from lmcli.losses.sampled import label_first_losses, real_rows, sampled_logits
+from lmcli.losses.samplers import check_draws
+from lmcli.losses.strategy import OutputMemory, StepSize, Strategy
 
 SampledValues = Sequence[Any]  # (sampled (S,), true_expected (B, num_true), sampled_expected (S,))
+TEMPERATURE_RANGE = (1e-6, 1e6)  # T: 1/T scales float32 scores, and the schedule divides one T by another
+LOW_TEMPERATURE = 0.3  # below this, a NaN loss names the resampling temperature first
 
 
 def _validate(num_sampled: int, num_resampled: int, num_classes: int, partition_strategy: Any) -> None:
@@ -245,6 +251,47 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
                             config.remove_accidental_hits, log_sampled_expected=True)  # (M, 1 + K)
     losses = scatter_rows(label_first_losses(logits), rows, tf.shape(inputs.labels)[0])  # (N,)
     return StrategyOutput(losses, logits, rows, kept, label_first=True)
+
+
+def check(config: LossConfig, vocab_size: int) -> None:
+    """Candidates drawn from all V classes; one set over the batch; R < S kept at a temperature float32 can use."""
+    check_draws(config, vocab_size, vocab_size, "must not exceed")
+    if config.candidate_sets != "batch":
+        raise ConfigError("--candidate-sets row is for --loss sampled (TAPAS scores one set over the batch)")
+    positive("--num-resampled", config.num_resampled)
+    positive("--resampling-temperature", config.resampling_temperature)
+    non_negative("--final-resampling-temperature", config.final_resampling_temperature)
+    for flag, t in (("--resampling-temperature", config.resampling_temperature),
+                    ("--final-resampling-temperature", config.final_resampling_temperature)):
+        if t and not TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]:
+            raise ConfigError(f"{flag} must be in [{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}], got {t}")
+    if config.num_resampled >= config.num_sampled:
+        raise ConfigError(f"--num-resampled ({config.num_resampled}) must be less than --num-sampled "
+                          f"({config.num_sampled})")
+
+
+def memory(config: LossConfig, size: StepSize) -> OutputMemory:
+    """The (N, 1 + R) logits and their gradient, the S gathered rows of W and their gradient, and the first pass's
+    (N, S) scores."""
+    n, s = size.tokens, config.num_sampled
+    return OutputMemory(4 * (4 * n * (config.num_resampled + 1) + 2 * s * size.dim + n * s), s)
+
+
+def nan_cause(config: LossConfig, step: int, total_steps: int) -> Optional[str]:
+    """A low resampling temperature, when it was below `LOW_TEMPERATURE` at (1-based) `step`: the second pass's
+    scores are scaled by 1/T, so at T = 0.02 they are 50 times as far apart as at T = 1, and the corrections (log
+    of inclusion probabilities) grow with them."""
+    temperature = float(resampling_temperature(config, max(step - 1, 0), total_steps))
+    if temperature >= LOW_TEMPERATURE:
+        return None
+    return (f"the TAPAS resampling temperature was {temperature:.3g} at that step (below {LOW_TEMPERATURE}, "
+            "the second pass's scores, scaled by 1/T, spread far apart): try a higher --resampling-temperature"
+            + (" or --final-resampling-temperature" if config.final_resampling_temperature else ""))
+
+
+# Candidates drawn (--sampler auto: the learned unigram, which follows the labels seen), sparse rows of W: lazy Adam.
+STRATEGY = Strategy(strategy, draws_candidates=True, check=check, optimizer="lazy-adam", sampler="learned-unigram",
+                    memory=memory, nan_cause=nan_cause)
 
 
 __all__ = ["rank_resample", "rank_sampled_softmax_loss", "resampling_scores", "resampling_temperature",
