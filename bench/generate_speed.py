@@ -4,11 +4,11 @@
 
 The model has random weights (no training). "checkpoint" is the Keras model behind `lmcli generate RUN_DIR`
 (KerasBackend); "export" is the same weights as an InferenceGraph SavedModel, reloaded the way
-`lmcli generate EXPORT_DIR` reloads it (ExportBackend). Generation runs lmcli.generation.generate (greedy,
+`lmcli generate EXPORT_DIR` reloads it (ExportBackend). Generation runs lmcli.serve.generation.generate (greedy,
 a stub tokenizer whose eos never comes, so every row makes all --new-tokens); its tokens/s count the step loop
 only (after the prompt is run), which is what a long generation costs. context_ratio is the per-token time
 after a --long-prompt-token prompt over that after a --prompt-tokens prompt (batch 1): the state carries the
-context, so it should stay near 1. Evaluation scores the same random token split with lmcli.validation.score_split
+context, so it should stay near 1. Evaluation scores the same random token split with lmcli.train.validation.score_split
 (pack layout, batch 32 x 35). Times are the best of --repeats runs (2x for batch 1), the compared cases taking
 turns, since the machine may be shared.
 """
@@ -25,7 +25,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lmcli.tfsetup import import_tensorflow  # noqa: E402
+from lmcli.runtime.tfsetup import import_tensorflow  # noqa: E402
 
 import_tensorflow()
 
@@ -35,12 +35,12 @@ import tensorflow as tf  # noqa: E402
 
 from lmcli.config import DataConfig, GenerateConfig, ModelConfig  # noqa: E402
 from lmcli.data.shards import SplitData, TokenArray  # noqa: E402
-from lmcli.generation import generate  # noqa: E402
-from lmcli.inference import ExportBackend, KerasBackend  # noqa: E402
 from lmcli.model import build_model  # noqa: E402
 from lmcli.model.graph import InferenceGraph  # noqa: E402
-from lmcli.progress import Progress  # noqa: E402
-from lmcli.validation import score_split  # noqa: E402
+from lmcli.runtime.progress import Progress  # noqa: E402
+from lmcli.serve.generation import generate  # noqa: E402
+from lmcli.serve.inference import ExportBackend, KerasBackend  # noqa: E402
+from lmcli.train.validation import score_split  # noqa: E402
 
 SPECIALS = {"pad_id": 0, "bos_id": 2, "eos_id": 3}
 

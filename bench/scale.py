@@ -3,7 +3,7 @@
     python bench/scale.py [--vocabs 32000,200000,800000] [--steps 10] [--json]
 
 E = H = 512, batch 32 x 35 (the global batch), Zipf-distributed ids, lmcli's own training step
-(`lmcli.step.build_training_step`, the optimizer lmcli picks: lazy-adam for sampled, adam for full). Each
+(`lmcli.train.step.build_training_step`, the optimizer lmcli picks: lazy-adam for sampled, adam for full). Each
 measurement runs in a fresh process, so its peak resident memory is its own. Two replicas are two logical CPU
 devices of the same two cores under MirroredStrategy, on the same global batch: the ratio is the strategy's
 overhead, not a speed-up. "overhead" is the peak minus the replicas' copies of the parameters and optimizer slots;
@@ -35,17 +35,17 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
     `device` cpu: replicas are logical CPU devices; gpu: replicas are the first `replicas` GPUs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, os.path.join(HERE, ".."))
-    from lmcli.distribution import configure_cpu_devices, make_cluster
+    from lmcli.train.distribution import configure_cpu_devices, make_cluster
 
     devices = ",".join(f"{device}:{i}" for i in range(replicas))
     configure_cpu_devices(devices)
     import numpy as np
     import tensorflow as tf
 
-    from lmcli import memory
     from lmcli.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
-    from lmcli.distribution import replica_feeds
-    from lmcli.step import build_training_step
+    from lmcli.train import memory
+    from lmcli.train.distribution import replica_feeds
+    from lmcli.train.step import build_training_step
 
     cfg = RunConfig(model=ModelConfig(vocab_size=vocab, embedding_dim=dim, hidden=dim),
                     data=DataConfig(batch_size=batch, seq_len=35), loss=LossConfig(name=loss),

@@ -20,7 +20,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lmcli.tfsetup import import_tensorflow  # noqa: E402
+from lmcli.runtime.tfsetup import import_tensorflow  # noqa: E402
 
 import_tensorflow()
 
@@ -31,9 +31,9 @@ import tensorflow as tf  # noqa: E402
 from lmcli import losses  # noqa: E402
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig, TrainConfig  # noqa: E402
 from lmcli.model import build_model  # noqa: E402
-from lmcli.objective import Objective  # noqa: E402
-from lmcli.optim import make_optimizer  # noqa: E402
-from lmcli.step import NEVER_LABELS  # noqa: E402
+from lmcli.train.objective import Objective  # noqa: E402
+from lmcli.train.optim import make_optimizer  # noqa: E402
+from lmcli.train.step import NEVER_LABELS  # noqa: E402
 
 LOSSES = {  # name -> (--loss, other loss options): the defaults (sampled 2048 shared, tapas 2048 -> 1024 resample)
     "full": ("full", {}), "sampled": ("sampled", {}), "sampled-row": ("sampled", {"candidate_sets": "row",

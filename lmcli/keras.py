@@ -30,16 +30,16 @@ import keras
 import numpy as np
 
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig, TrainConfig
-from lmcli.errors import ConfigError
-from lmcli.exporting import export_model as export
 from lmcli.losses import STRATEGIES
 from lmcli.model.backbone import BackboneModel
 from lmcli.model.embedding import WordEmbedding as Embedding
 from lmcli.model.network import LanguageModel
 from lmcli.model.output import OutputLayer
 from lmcli.model.softmax_model import SoftmaxModel
-from lmcli.objective import Objective
-from lmcli.optim import LazyAdam
+from lmcli.runtime.errors import ConfigError
+from lmcli.serve.exporting import export_model as export
+from lmcli.train.objective import Objective
+from lmcli.train.optim import LazyAdam
 
 _LOSS_FIELDS = {f for f in LossConfig.__dataclass_fields__ if f != "name"}
 _TERM_FIELDS = set(TermsConfig.__dataclass_fields__)

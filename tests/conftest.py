@@ -53,7 +53,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     """A prepared data dir of 300 grammar lines with a 16-piece `word` tokenizer (12 words + 4 specials)."""
     from lmcli.config import PrepareConfig
     from lmcli.data.prepare import prepare
-    from lmcli.progress import Progress
+    from lmcli.runtime.progress import Progress
 
     root = tmp_path_factory.mktemp("tiny_data")
     corpus = root / "corpus.txt"
@@ -67,8 +67,8 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data_dir, tmp_path_factory) -> Callable[..., Path]:
     """tiny_run(padding="pack", **model) -> a run dir trained 20 steps (E 8, H 16), built once per settings."""
-    from lmcli.progress import Progress
-    from lmcli.training import train
+    from lmcli.runtime.progress import Progress
+    from lmcli.train.run import train
 
     runs: dict[tuple, Path] = {}
 

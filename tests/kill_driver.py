@@ -29,7 +29,7 @@ def main() -> None:
     args = sys.argv[sys.argv.index("--") + 1:]
     import tensorflow as tf
 
-    import lmcli.training as training
+    import lmcli.train.run as training
 
     original = tf.train.CheckpointManager.save
 

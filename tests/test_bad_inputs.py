@@ -25,14 +25,14 @@ import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
 
-from lmcli.checkpoints import load_model
 from lmcli.cli.main import app
 from lmcli.config import PrepareConfig
 from lmcli.data import writer
 from lmcli.data.prepare import prepare
-from lmcli.progress import Progress
-from lmcli.runlock import LOCK_NAME
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.runtime.runlock import LOCK_NAME
+from lmcli.train.checkpoints import load_model
+from lmcli.train.run import train
 
 RUNNER = CliRunner()
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

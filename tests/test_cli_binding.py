@@ -86,10 +86,10 @@ def invoke(*args, env=None):
 def test_train_hands_over_exactly_the_options_given(monkeypatch, tmp_path):
     """Command line, environment and --config all count as given; the rest is left to the run's defaults or saved
     values."""
-    import lmcli.training
+    import lmcli.train.run
 
     seen = {}
-    monkeypatch.setattr(lmcli.training, "train",
+    monkeypatch.setattr(lmcli.train.run, "train",
                         lambda data_dir, run_dir, overrides, **kw: seen.update(overrides) or {"worker": 0})
     toml = tmp_path / "opts.toml"
     toml.write_text("[train]\nhidden = 64\n")
@@ -102,10 +102,10 @@ def test_train_hands_over_exactly_the_options_given(monkeypatch, tmp_path):
 
 def test_eval_and_prepare_build_their_configs_from_the_options_given(monkeypatch, tmp_path):
     import lmcli.data.prepare
-    import lmcli.evaluation
+    import lmcli.serve.evaluation
 
     seen = {}
-    monkeypatch.setattr(lmcli.evaluation, "evaluate", lambda model, **kw: seen.update(kw) or {
+    monkeypatch.setattr(lmcli.serve.evaluation, "evaluate", lambda model, **kw: seen.update(kw) or {
         "source": "s", "model_kind": "run", "checkpoint_step": 1})
     assert invoke("eval", tmp_path, "--split", "valid", "--batch-size", 3, "--json").exit_code == 0
     assert {k: seen[k] for k in ("split", "batch_size", "encoding_errors", "whole_lines", "text")} == {

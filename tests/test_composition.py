@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcli.checkpoints import RunPaths, load_model
-from lmcli.evaluation import evaluate
-from lmcli.exporting import export
-from lmcli.progress import Progress
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.serve.evaluation import evaluate
+from lmcli.serve.exporting import export
+from lmcli.train.checkpoints import RunPaths, load_model
+from lmcli.train.run import train
 
 HERE = Path(__file__).resolve().parent
 TERM_OPTIONS = {

@@ -36,7 +36,7 @@ from lmcli.config import (
     TermsConfig,
     TrainConfig,
 )
-from lmcli.errors import ConfigError
+from lmcli.runtime.errors import ConfigError
 
 # Numbers for option fields: small, huge, and for floats nan/inf.
 INTS = st.one_of(st.integers(-3, 40), st.integers(), st.sampled_from([2**31, 2**32, 2**63, 10**30]))
@@ -99,7 +99,7 @@ def run_usable(cfg: RunConfig) -> None:
     """What training does with an accepted run works: it round-trips through config.json, its resolved form is
     accepted, the learning rate is finite and in [0, --lr] along the run, a TAPAS temperature finite and > 0."""
     from lmcli.losses.tapas import resampling_temperature
-    from lmcli.schedules import learning_rate
+    from lmcli.train.schedules import learning_rate
 
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     cfg.resolved().validate()
@@ -145,7 +145,7 @@ LOG_PROBS = np.log([[0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.015, 0.005]])  # (1, 8)
 def sampling_usable(cfg: GenerateConfig) -> None:
     """An accepted generate config samples: a finite distribution summing to 1 that keeps a most likely token and
     at most top-k (ties with the k-th aside); the drawn id is a token it keeps."""
-    from lmcli.generation import choose_tokens, next_token_probs
+    from lmcli.serve.generation import choose_tokens, next_token_probs
 
     ids = choose_tokens(LOG_PROBS, cfg, [np.random.default_rng(cfg.seed or 0)])
     assert ids.shape == (1,) and 0 <= ids[0] < 8

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmcli.checkpoints import RunPaths, load_model
-from lmcli.progress import Progress
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.train.checkpoints import RunPaths, load_model
+from lmcli.train.run import train
 
 STRATEGY_OPTIONS = {"full": {}, "sampled": {"num_sampled": 6},
                     "sampled-row": {"name": "sampled", "num_sampled": 6, "candidate_sets": "row"},
@@ -52,7 +52,7 @@ def test_sparse_gradients_reach_the_optimizer_as_indexed_slices_under_a_strategy
                                                                                 monkeypatch):
     """Under mirrored, W's gradient (sampled softmax) and E's arrive at LazyAdam as IndexedSlices after the
     cross-replica sum: no V x D dense tensor per step."""
-    from lmcli.optim import LazyAdam
+    from lmcli.train.optim import LazyAdam
 
     seen = []
     real = LazyAdam.update_step
@@ -71,7 +71,7 @@ def test_sparse_gradients_reach_the_optimizer_as_indexed_slices_under_a_strategy
 
 
 def test_pack_mode_needs_a_batch_the_replicas_share_evenly(tiny_data_dir, tmp_path):
-    from lmcli.errors import ConfigError
+    from lmcli.runtime.errors import ConfigError
 
     opts = options("full", "pack", **MIRRORED)
     opts["data"]["batch_size"] = 5
@@ -83,10 +83,10 @@ def test_pack_mode_needs_a_batch_the_replicas_share_evenly(tiny_data_dir, tmp_pa
 def test_tapas_scores_and_counts_are_global_under_a_strategy():
     """Each replica's logsumexp over its rows, combined, is the logsumexp over all rows; the learned-unigram
     counts see every replica's labels."""
-    from lmcli import replicas
     from lmcli.config import LossConfig
-    from lmcli.distribution import make_cluster
     from lmcli.losses.samplers import make_sampler
+    from lmcli.train import replicas
+    from lmcli.train.distribution import make_cluster
 
     # the process's one mirrored strategy on these devices (a second one would reuse its collective keys)
     strategy = make_cluster("mirrored", "cpu:0,cpu:1").strategy

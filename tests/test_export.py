@@ -14,12 +14,12 @@ import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
 
-import lmcli.exporting
-from lmcli.checkpoints import RunPaths, load_model
+import lmcli.serve.exporting
 from lmcli.cli.main import app
 from lmcli.data.tokenizer import Tokenizer
-from lmcli.errors import OutputError
-from lmcli.exporting import export
+from lmcli.runtime.errors import OutputError
+from lmcli.serve.exporting import export
+from lmcli.train.checkpoints import RunPaths, load_model
 
 SIGNATURES = {"log_probs", "score", "init_state", "step", "serving_default"}
 META_KEYS = {"format", "format_version", "lmcli_version", "checkpoint_step", "checkpoint", "loss_trained", "model",
@@ -184,7 +184,7 @@ def test_export_refuses_an_existing_dir_unless_forced(exported, tmp_path):
 def test_failed_verification_leaves_no_export_and_no_temporary_dir(exported, tmp_path, monkeypatch):
     run = exported["pack-proj-tied"][0]
     # The reload process answers uniform log-probs, as a broken export would: the comparison must catch it.
-    monkeypatch.setattr(lmcli.exporting, "_VERIFY", WRONG_RELOAD)
+    monkeypatch.setattr(lmcli.serve.exporting, "_VERIFY", WRONG_RELOAD)
     with pytest.raises(OutputError, match="log_probs differ from the checkpoint"):
         export(run, tmp_path / "export")
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from lmcli.cli.main import app
 from lmcli.config import MODEL_TYPES
 from lmcli.data.corpus import read_lines
-from lmcli.errors import InputError
+from lmcli.runtime.errors import InputError
 
 RUNNER = CliRunner()
 BOM = "\ufeff"

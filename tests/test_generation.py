@@ -12,7 +12,7 @@ from lmcli.cli.main import app
 from lmcli.config import GenerateConfig
 from lmcli.data.shards import open_data_dir
 from lmcli.data.tokenizer import Tokenizer
-from lmcli.generation import choose_tokens, generate, next_token_probs
+from lmcli.serve.generation import choose_tokens, generate, next_token_probs
 
 START = 3  # </s>, the start id of pack-trained runs
 

@@ -9,11 +9,11 @@ import pytest
 import tensorflow as tf
 
 from lmcli.config import DataConfig, LossConfig, ModelConfig, TrainConfig
-from lmcli.distribution import make_cluster, make_step, replica_feeds
 from lmcli.model import build_model
 from lmcli.model.kernel import lstm_kernel
-from lmcli.objective import Objective
-from lmcli.optim import make_optimizer
+from lmcli.train.distribution import make_cluster, make_step, replica_feeds
+from lmcli.train.objective import Objective
+from lmcli.train.optim import make_optimizer
 
 pytestmark = pytest.mark.skipif(not tf.config.list_logical_devices("GPU"),
                                 reason="needs a GPU: these check the cuDNN kernel and half precision on one")

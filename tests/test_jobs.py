@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from lmcli import losses
-from lmcli.checkpoints import load_model
 from lmcli.cli.main import app
 from lmcli.config import PrepareConfig
 from lmcli.data.prepare import prepare
-from lmcli.progress import Progress
-from lmcli.runlock import RunLock
+from lmcli.runtime.progress import Progress
+from lmcli.runtime.runlock import RunLock
+from lmcli.train.checkpoints import load_model
 
 HERE = Path(__file__).resolve().parent
 TRAIN = ["--embedding-dim", "8", "--hidden", "16", "--batch-size", "4", "--seq-len", "6", "--lr", "0.01",

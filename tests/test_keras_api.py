@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 import lmcli.keras as lk
-from lmcli.errors import ConfigError
 from lmcli.model.signatures import SIGNATURES, markdown_table
+from lmcli.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 V, D = 30, 8
@@ -82,7 +82,7 @@ def test_the_step_loss_is_the_strategy_on_the_models_own_tensors(loss):
 
 def test_two_replicas_fit_as_one_device():
     """`fit` under mirrored (2 logical CPU devices) on the same global batches gives one device's weights."""
-    from lmcli.distribution import make_cluster
+    from lmcli.train.distribution import make_cluster
 
     x, y = batch(rows=8, seed=4)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat(2)

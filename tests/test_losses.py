@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from lmcli import losses
 from lmcli.config import LossConfig
-from lmcli.errors import ConfigError
 from lmcli.losses import masked_mean
+from lmcli.runtime.errors import ConfigError
 
 
 def np_log_softmax(z):

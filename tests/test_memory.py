@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
 
-from lmcli import memory
 from lmcli.cli.main import app
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TrainConfig
+from lmcli.train import memory
 
 TINY = ["--embedding-dim", "8", "--hidden", "16", "--batch-size", "4", "--seq-len", "6", "--lr", "0.02",
         "--checkpoint-every", "5", "--quiet"]
@@ -115,7 +115,7 @@ def test_a_configuration_far_too_large_exits_before_allocating_and_leaves_no_run
 
 
 def test_out_of_memory_in_training_is_exit_9_and_a_new_run_dir_is_removed(tiny_data_dir, tmp_path, monkeypatch):
-    from lmcli import training
+    from lmcli.train import run as training
 
     real = training.Trainer._step
 
@@ -133,7 +133,7 @@ def test_out_of_memory_in_training_is_exit_9_and_a_new_run_dir_is_removed(tiny_d
 
 def test_a_failure_before_the_first_checkpoint_leaves_an_old_run_dir_untouched(tiny_data_dir, tmp_path,
                                                                                monkeypatch):
-    from lmcli import training
+    from lmcli.train import run as training
 
     run = tmp_path / "run"
     assert invoke("train", tiny_data_dir, "--run-dir", run, *TINY, "--max-steps", 5).exit_code == 0

@@ -8,7 +8,7 @@ import tensorflow as tf
 from lmcli import losses
 from lmcli.config import LossConfig, ModelConfig
 from lmcli.model import LanguageModel, build_model
-from lmcli.objective import Objective
+from lmcli.train.objective import Objective
 
 V = 12
 

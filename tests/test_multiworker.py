@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcli.checkpoints import load_model
-from lmcli.export_format import is_export_dir
-from lmcli.progress import Progress
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.serve.export_format import is_export_dir
+from lmcli.train.checkpoints import load_model
+from lmcli.train.run import train
 
 STEPS = 100
 OPTIONS = {"embedding-dim": 8, "hidden": 12, "batch-size": 6, "seq-len": 5, "lr": 0.02, "seed": 9,

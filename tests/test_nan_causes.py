@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lmcli import losses
 from lmcli.cli.main import app
 from lmcli.config import LossConfig, RunConfig, TrainConfig
-from lmcli.nan_causes import likely_causes, non_finite_message
+from lmcli.train.nan_causes import likely_causes, non_finite_message
 
 
 def run(loss=None, **train) -> RunConfig:

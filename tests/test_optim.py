@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from lmcli.config import TrainConfig
-from lmcli.errors import ConfigError
-from lmcli.optim import LazyAdam, make_optimizer, merge_duplicate_rows
+from lmcli.runtime.errors import ConfigError
+from lmcli.train.optim import LazyAdam, make_optimizer, merge_duplicate_rows
 
 HYPER = {"learning_rate": 0.01, "beta_1": 0.8, "beta_2": 0.95, "epsilon": 1e-6}
 

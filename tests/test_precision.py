@@ -12,12 +12,12 @@ import tensorflow as tf
 
 from lmcli import losses
 from lmcli.config import LossConfig, ModelConfig, TrainConfig
-from lmcli.exporting import export
 from lmcli.model import build_model
-from lmcli.objective import Objective
-from lmcli.optim import LazyAdam, SparseLossScaleOptimizer, make_optimizer
-from lmcli.progress import Progress
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.serve.exporting import export
+from lmcli.train.objective import Objective
+from lmcli.train.optim import LazyAdam, SparseLossScaleOptimizer, make_optimizer
+from lmcli.train.run import train
 
 V = 40
 LOSS = LossConfig(name="sampled", num_sampled=10, sampler="uniform")

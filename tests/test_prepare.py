@@ -18,8 +18,8 @@ from lmcli.config import PrepareConfig
 from lmcli.data import writer
 from lmcli.data.prepare import prepare
 from lmcli.data.shards import open_data_dir
-from lmcli.errors import ConfigError, InputError, OutputError, RunDirError
-from lmcli.progress import Progress, Task
+from lmcli.runtime.errors import ConfigError, InputError, OutputError, RunDirError
+from lmcli.runtime.progress import Progress, Task
 
 WORD = PrepareConfig(vocab_size=60, model_type="word", valid_fraction=0.1, test_fraction=0.1,
                      seed=7, shard_tokens=700)

@@ -73,9 +73,9 @@ def run_canary(root: Path) -> dict:
     tf.config.experimental.enable_op_determinism()
     from lmcli.config import PrepareConfig
     from lmcli.data.prepare import prepare
-    from lmcli.evaluation import evaluate
-    from lmcli.progress import Progress
-    from lmcli.training import train
+    from lmcli.runtime.progress import Progress
+    from lmcli.serve.evaluation import evaluate
+    from lmcli.train.run import train
 
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(zipf_bigram_lines(LINES, VOCAB, DATA_SEED)) + "\n")

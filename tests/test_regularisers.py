@@ -82,7 +82,7 @@ def test_training_steps_see_the_noise_and_scoring_does_not(model_options):
 
     from lmcli.config import LossConfig, ModelConfig
     from lmcli.model import build_model
-    from lmcli.objective import Objective
+    from lmcli.train.objective import Objective
 
     keras.utils.set_random_seed(1)
     model = build_model(ModelConfig(vocab_size=V, embedding_dim=E, hidden=8, **model_options))

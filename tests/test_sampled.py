@@ -6,9 +6,9 @@ import tensorflow as tf
 
 from lmcli import losses
 from lmcli.config import LossConfig
-from lmcli.errors import ConfigError
 from lmcli.losses import sampled
 from lmcli.losses.samplers import LearnedUnigramSampler, Sampler, inclusion_tries, make_sampler
+from lmcli.runtime.errors import ConfigError
 
 
 def case(seed=0, n=6, v=7, d=4):

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from lmcli.checkpoints import RunPaths, load_model
 from lmcli.config import TrainConfig
-from lmcli.progress import Progress
-from lmcli.schedules import learning_rate, plateau_decays
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.train.checkpoints import RunPaths, load_model
+from lmcli.train.run import train
+from lmcli.train.schedules import learning_rate, plateau_decays
 
 
 def cfg(**kw) -> TrainConfig:

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 from typer.testing import CliRunner
 
-from lmcli.checkpoints import RunPaths, load_model
 from lmcli.cli.main import app
 from lmcli.data.tokenizer import Tokenizer
+from lmcli.train.checkpoints import RunPaths, load_model
 
 # Blank and whitespace-only lines are skipped; lengths differ so that batches bucket and pad; "zebra" is <unk>.
 TEXT = ["the cat sees a fish", "", "a big red dog eats the small tree and the bird", "   ", "fish",
@@ -109,9 +109,9 @@ LAYOUTS = {  # non-default layouts: eval must rebuild them from the run's saved 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_eval_of_a_split_equals_the_validation_of_training(tiny_data_dir, tmp_path, layout):
     """The validation perplexity that picks the best checkpoint is the one `lmcli eval` reports for it."""
-    from lmcli.exporting import export
-    from lmcli.progress import Progress
-    from lmcli.training import train
+    from lmcli.runtime.progress import Progress
+    from lmcli.serve.exporting import export
+    from lmcli.train.run import train
 
     run = tmp_path / "run"
     train(tiny_data_dir, run, {"model": {"embedding_dim": 8, "hidden": 16}, "data": LAYOUTS[layout],

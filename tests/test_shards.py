@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from lmcli.config import PrepareConfig
 from lmcli.data.prepare import prepare
 from lmcli.data.shards import TokenArray, encode_lines, open_data_dir
-from lmcli.errors import RunDirError
-from lmcli.progress import Progress
+from lmcli.runtime.errors import RunDirError
+from lmcli.runtime.progress import Progress
 
 CFG = PrepareConfig(vocab_size=60, model_type="word", valid_fraction=0.1, test_fraction=0.1, seed=3,
                     shard_tokens=400)

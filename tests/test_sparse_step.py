@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig
-from lmcli.distribution import make_cluster, replica_feeds
-from lmcli.step import build_training_step
+from lmcli.train.distribution import make_cluster, replica_feeds
+from lmcli.train.step import build_training_step
 
 V, E, D = 1013, 12, 14  # sizes no other tensor of the step has
 CASES = {

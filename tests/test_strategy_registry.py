@@ -8,9 +8,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from lmcli.config import LossConfig
-from lmcli.errors import ConfigError
 from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput
 from lmcli.losses.strategy import OutputMemory, StepSize, Strategy, every_class
+from lmcli.runtime.errors import ConfigError
 
 EPSILON = 0.1  # probability mass spread evenly over the V classes
 
@@ -50,8 +50,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from lmcli import losses  # noqa: E402
-from lmcli import memory as memory_plan  # noqa: E402
 from lmcli.config import LOSSES, ModelConfig, RunConfig  # noqa: E402
+from lmcli.train import memory as memory_plan  # noqa: E402
 
 V = 50
 
@@ -92,8 +92,8 @@ def test_its_function_is_the_one_the_registry_runs(smoothed):
 
 
 def test_a_run_trains_with_it_and_saves_its_choices(smoothed, tiny_data_dir, tmp_path):
-    from lmcli.progress import Progress
-    from lmcli.training import train
+    from lmcli.runtime.progress import Progress
+    from lmcli.train.run import train
 
     result = train(tiny_data_dir, tmp_path / "run", {"model": {"embedding_dim": 8, "hidden": 16},
                                                     "data": {"batch_size": 4, "seq_len": 6},

@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 from lmcli.config import LossConfig, TermsConfig
-from lmcli.errors import ConfigError
 from lmcli.losses.context import Clock, LossInputs, StrategyContext, StrategyOutput
-from lmcli.objective import Objective
+from lmcli.runtime.errors import ConfigError
 from lmcli.terms import TERMS, activation, embedding, variational
+from lmcli.train.objective import Objective
 
 RNG = np.random.default_rng(0)
 V, E, N = 9, 4, 5

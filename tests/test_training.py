@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmcli.checkpoints import RunPaths, load_model, resolve_checkpoint
 from lmcli.config import PrepareConfig
 from lmcli.data.prepare import prepare
-from lmcli.errors import ConfigError
-from lmcli.evaluation import evaluate
-from lmcli.progress import Progress
-from lmcli.training import train
+from lmcli.runtime.errors import ConfigError
+from lmcli.runtime.progress import Progress
+from lmcli.serve.evaluation import evaluate
+from lmcli.train.checkpoints import RunPaths, load_model, resolve_checkpoint
+from lmcli.train.run import train
 
 WORDS = "the a cat dog sees eats big small red fish bird tree runs sleeps".split()
 

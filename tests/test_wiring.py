@@ -26,10 +26,10 @@ from lmcli.data.pipeline import make_batches
 from lmcli.data.shards import open_data_dir
 from lmcli.losses.context import StrategyContext
 from lmcli.model import build_model
-from lmcli.objective import Objective
-from lmcli.optim import make_optimizer
-from lmcli.progress import Progress
-from lmcli.training import train
+from lmcli.runtime.progress import Progress
+from lmcli.train.objective import Objective
+from lmcli.train.optim import make_optimizer
+from lmcli.train.run import train
 
 V = 12
 
@@ -122,7 +122,7 @@ def test_trainer_feeds_the_carried_state_batch_after_batch(tiny_data_dir, tmp_pa
     opts = {"model": {"embedding_dim": 6, "hidden": 8}, "data": {"batch_size": 3, "seq_len": 4},
             "train": {"optimizer": "sgd", "lr": 0.5, "clip_norm": 0.0, "seed": 11, "max_steps": 4}}
     train(tiny_data_dir, tmp_path / "run", opts, progress=Progress())
-    from lmcli.checkpoints import load_model
+    from lmcli.train.checkpoints import load_model
 
     trained, cfg, _ = load_model(tmp_path / "run", "latest")
     data = open_data_dir(tiny_data_dir)

@@ -52,7 +52,7 @@ def evaluate(
     quiet: QuietOpt = False,
 ) -> None:
     """Tokens, NLL (nats), perplexity, bits per byte and top-1/top-5 accuracy, always with the full softmax."""
-    from lmcli.evaluation import evaluate as run_eval
+    from lmcli.serve.evaluation import evaluate as run_eval
 
     cfg = EvalConfig(**overrides(EVAL, given(ctx))["eval"])
     result = run_eval(model, text=text, checkpoint=checkpoint, per_line=per_line, progress=progress_for(quiet),

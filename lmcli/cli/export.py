@@ -22,7 +22,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export signatures log_probs, score, init_state, step, serving_default, plus the tokenizer."""
-    from lmcli.exporting import export as run_export
+    from lmcli.serve.exporting import export as run_export
 
     result = run_export(run_dir, out, checkpoint=checkpoint, verify=verify, force=force)
     if json_out:

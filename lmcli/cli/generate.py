@@ -38,10 +38,10 @@ def generate(
 ) -> None:
     """Continue prompts, one LSTM step per token with the state carried; stops at </s>, --stop or --max-tokens."""
     from lmcli.data.corpus import read_lines
-    from lmcli.errors import ConfigError
-    from lmcli.generation import check_request
-    from lmcli.generation import generate as run_generate
-    from lmcli.inference import open_model
+    from lmcli.runtime.errors import ConfigError
+    from lmcli.serve.generation import check_request
+    from lmcli.serve.generation import generate as run_generate
+    from lmcli.serve.inference import open_model
 
     if (prompt is None) == (prompts is None):
         raise ConfigError("give exactly one of --prompt TEXT or --prompts FILE")

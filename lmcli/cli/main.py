@@ -14,8 +14,8 @@ from typer._click import exceptions as click_exc  # typer vendors click (pinned 
 from typer.core import TyperGroup
 
 from lmcli import __version__
-from lmcli.errors import LmcliError
-from lmcli.tfsetup import import_tensorflow
+from lmcli.runtime.errors import LmcliError
+from lmcli.runtime.tfsetup import import_tensorflow
 
 _verbose = {"on": False}
 
@@ -100,7 +100,7 @@ def guarded(fn: Callable) -> Callable:
 def _prepare_devices(options: dict) -> None:
     """Before TensorFlow runs an op: split the CPU for --devices cpu:0,cpu:1,..., and create a multi-worker strategy
     (TensorFlow refuses one after its runtime has started)."""
-    from lmcli.distribution import configure_cpu_devices, make_cluster, resolve_kind
+    from lmcli.train.distribution import configure_cpu_devices, make_cluster, resolve_kind
 
     devices = options.get("devices") or ""
     configure_cpu_devices(devices)

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lmcli.errors import ConfigError
-from lmcli.progress import Progress, make_progress
+from lmcli.runtime.errors import ConfigError
+from lmcli.runtime.progress import Progress, make_progress
 
 
 def _load_config(ctx: typer.Context, param, value: Optional[Path]) -> Optional[Path]:

@@ -172,11 +172,11 @@ def train(
     also come from a --config file or from LMCLI_TRAIN_<OPTION> (e.g. LMCLI_TRAIN_NUM_SAMPLED=2048); the
     command line wins, then the environment, then --config.
     """
-    from lmcli.training import train as run_train
+    from lmcli.train.run import train as run_train
 
     result = run_train(data_dir, run_dir, overrides(TRAIN, given(ctx)), restart=restart, progress=progress_for(quiet))
     if export_on_finish is not None:  # the chief's job: every worker writing the same dir would race
-        from lmcli.exporting import export as run_export
+        from lmcli.serve.exporting import export as run_export
 
         result["export"] = run_export(run_dir, export_on_finish, force=True) if result["worker"] == 0 else None
     if json_out:

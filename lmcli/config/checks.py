@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lmcli.errors import ConfigError
+from lmcli.runtime.errors import ConfigError
 
 
 def finite(value: float | int) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from lmcli.config.checks import choice, non_negative, positive
-from lmcli.errors import ConfigError
+from lmcli.runtime.errors import ConfigError
 
 MODEL_TYPES = ("unigram", "bpe", "word", "char")
 ENCODING_ERRORS = ("strict", "replace")
@@ -47,7 +47,7 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Options of `lmcli eval` that choose what is scored and how (`lmcli.evaluation.evaluate` checks them)."""
+    """Options of `lmcli eval` that choose what is scored and how (`lmcli.serve.evaluation.evaluate` checks them)."""
 
     split: str = "test"  # valid | test | train; ignored with --text
     batch_size: Optional[int] = None  # rows per batch; None = the run's

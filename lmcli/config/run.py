@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcli.config.sections import DataConfig, LossConfig, ModelConfig, TermsConfig, TrainConfig
-from lmcli.errors import ConfigError, RunDirError
+from lmcli.runtime.errors import ConfigError, RunDirError
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "terms": TermsConfig,
             "train": TrainConfig}
@@ -88,7 +88,7 @@ class RunConfig:
         return cls(**kwargs)
 
     def save(self, path: Path) -> None:
-        from lmcli.fileio import atomic_write_text
+        from lmcli.runtime.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

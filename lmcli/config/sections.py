@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmcli.config.checks import choice, non_negative, positive, rate
-from lmcli.errors import ConfigError
+from lmcli.runtime.errors import ConfigError
 
 LOSSES = ("full", "sampled", "tapas")  # the names --help lists; the registry, lmcli.losses.STRATEGIES, decides
 SAMPLERS = ("auto", "unigram", "log-uniform", "uniform", "learned-unigram")

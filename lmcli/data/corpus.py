@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lmcli.errors import InputError, OutputError
-from lmcli.fileio import describe_os_error
+from lmcli.runtime.errors import InputError, OutputError
+from lmcli.runtime.fileio import describe_os_error
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"

@@ -30,9 +30,9 @@ from lmcli.data.layout import DTYPE_NAME, FORMAT_VERSION, MANIFEST, SPLITS, TOKE
 from lmcli.data.splits import SplitPlan
 from lmcli.data.tokenizer import Tokenizer, reuse_tokenizer, train_tokenizer
 from lmcli.data.writer import SplitWriter, write_file
-from lmcli.errors import ConfigError, InputError, OutputError
-from lmcli.fileio import describe_os_error
-from lmcli.progress import Progress, Task
+from lmcli.runtime.errors import ConfigError, InputError, OutputError
+from lmcli.runtime.fileio import describe_os_error
+from lmcli.runtime.progress import Progress, Task
 
 _BATCH_LINES = 1024  # lines encoded per sentencepiece call
 _SPOOL = ".stdin.spool"
@@ -55,7 +55,7 @@ def prepare(inputs: Sequence[str], out_dir: Path, cfg: PrepareConfig, progress: 
         model_type, splits {name: {lines, tokens, bytes}}, seconds.
 
     Raises:
-        InputError, ConfigError, OutputError: see `lmcli.errors`.
+        InputError, ConfigError, OutputError: see `lmcli.runtime.errors`.
     """
     started = time.monotonic()
     cfg.validate()

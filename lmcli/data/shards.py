@@ -17,8 +17,8 @@ import numpy as np
 from lmcli.data.corpus import clean_text
 from lmcli.data.layout import FORMAT_VERSION, IDS_DTYPE, MANIFEST, OFFSETS_DTYPE
 from lmcli.data.tokenizer import Tokenizer
-from lmcli.errors import RunDirError
-from lmcli.fileio import sha256_file
+from lmcli.runtime.errors import RunDirError
+from lmcli.runtime.fileio import sha256_file
 
 _ENCODE_BATCH = 1024
 

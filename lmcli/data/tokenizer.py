@@ -24,7 +24,7 @@ from typing import Optional
 import sentencepiece as spm
 
 from lmcli.config import VOCAB_MAX, PrepareConfig
-from lmcli.errors import ConfigError, InputError, LmcliError, RunDirError
+from lmcli.runtime.errors import ConfigError, InputError, LmcliError, RunDirError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}

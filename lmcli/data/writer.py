@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, Optional
 import numpy as np
 
 from lmcli.data.layout import IDS_DTYPE, OFFSETS_DTYPE, offsets_file, shard_file
-from lmcli.errors import OutputError
-from lmcli.fileio import describe_os_error
+from lmcli.runtime.errors import OutputError
+from lmcli.runtime.fileio import describe_os_error
 
 _FLUSH_TOKENS = 1 << 18  # ids buffered before a write (1 MiB)
 _FLUSH_LINES = 1 << 16  # offsets buffered before a write

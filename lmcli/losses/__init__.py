@@ -26,10 +26,10 @@ from typing import Optional
 import tensorflow as tf
 
 from lmcli.config import LossConfig
-from lmcli.errors import ConfigError
 from lmcli.losses import full, sampled, tapas
 from lmcli.losses.context import Clock, LossInputs, StrategyContext, StrategyOutput
 from lmcli.losses.strategy import OutputMemory, StepSize, Strategy, StrategyFn
+from lmcli.runtime.errors import ConfigError
 
 STRATEGIES: dict[str, Strategy] = {  # the registry: one line per strategy, --loss NAME
     "full": full.STRATEGY,

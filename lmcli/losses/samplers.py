@@ -28,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from lmcli import replicas
 from lmcli.config import LossConfig
 from lmcli.config.checks import non_negative, positive
-from lmcli.errors import ConfigError
+from lmcli.runtime.errors import ConfigError
+from lmcli.train import replicas
 
 
 def inclusion_tries(q: np.ndarray, num_sampled: int) -> float:

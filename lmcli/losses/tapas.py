@@ -22,16 +22,16 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from lmcli import replicas
 from lmcli.config import LossConfig
 from lmcli.config.checks import non_negative, positive
-from lmcli.errors import ConfigError
 from lmcli.losses import sharding
 from lmcli.losses.context import LossInputs, StrategyContext, StrategyOutput, scatter_rows
 from lmcli.losses.resample import resample
 from lmcli.losses.sampled import label_first_losses, real_rows, sampled_logits
 from lmcli.losses.samplers import check_draws
 from lmcli.losses.strategy import OutputMemory, StepSize, Strategy
+from lmcli.runtime.errors import ConfigError
+from lmcli.train import replicas
 
 SampledValues = Sequence[Any]  # (sampled (S,), true_expected (B, num_true), sampled_expected (S,))
 TEMPERATURE_RANGE = (1e-6, 1e6)  # T: 1/T scales float32 scores, and the schedule divides one T by another

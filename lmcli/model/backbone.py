@@ -16,7 +16,7 @@ from lmcli.model.embedding import WordEmbedding
 from lmcli.model.noise import Noise
 from lmcli.model.output import OutputLayer
 from lmcli.model.softmax_model import SoftmaxModel
-from lmcli.replicas import local
+from lmcli.train.replicas import local
 
 
 class BackboneModel(SoftmaxModel):

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 class KerasBackend:
     """A LanguageModel (in training, or restored from a checkpoint) behind tf.functions: zero_state, score,
-    prefill, step, the interface `lmcli.inference` also gives an export."""
+    prefill, step, the interface `lmcli.serve.inference` also gives an export."""
 
     def __init__(self, model) -> None:
         self.model = model

@@ -23,8 +23,8 @@ import keras
 import tensorflow as tf
 
 from lmcli.model.noise import VARIATIONAL, WORD_DROPOUT, Noise
-from lmcli.replicas import local
 from lmcli.terms.variational import clipped
+from lmcli.train.replicas import local
 
 INITIAL_LOG_ALPHA = -6.0  # alpha ~ 0.0025: almost no noise at the start
 

@@ -18,7 +18,7 @@ from lmcli.model.embedding import WordEmbedding
 from lmcli.model.noise import EMBEDDING_DROPOUT, LAYER_DROPOUT, Noise
 from lmcli.model.output import OutputLayer
 from lmcli.model.softmax_model import SoftmaxModel
-from lmcli.replicas import local
+from lmcli.train.replicas import local
 
 State = list  # [(h (B, H), c (B, H)) per layer]
 

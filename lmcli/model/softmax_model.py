@@ -22,8 +22,8 @@ import tensorflow as tf
 from lmcli.losses.context import Clock, LossInputs
 from lmcli.model.noise import Noise
 from lmcli.model.scoring import sums, token_scores
-from lmcli.optim import merge_duplicate_rows, no_reduce
-from lmcli.replicas import local
+from lmcli.train.optim import merge_duplicate_rows, no_reduce
+from lmcli.train.replicas import local
 
 
 class _EpochHolder:
@@ -35,7 +35,7 @@ class _EpochHolder:
 
 
 class SoftmaxModel(keras.Model):
-    """A keras.Model whose last layer is `OutputLayer` and whose loss is an `lmcli.objective.Objective`."""
+    """A keras.Model whose last layer is `OutputLayer` and whose loss is an `lmcli.train.objective.Objective`."""
 
     output_dim: int
     output_layer: Any
@@ -76,7 +76,7 @@ class SoftmaxModel(keras.Model):
         These are the tf.Variables behind the Keras weights: `tf.gather` on them reads only the gathered rows,
         while a gather on the Keras wrapper first reads the whole matrix, which after a row-sparse update
         (copy-on-read) copies all V x D values every time. Under tf.distribute they are this replica's copies
-        (`lmcli.replicas.local`): a gather on the mirrored variable would read all of it.
+        (`lmcli.train.replicas.local`): a gather on the mirrored variable would read all of it.
         """
         return local(self.output_layer.kernel.value), local(self.output_layer.bias.value)
 
@@ -99,9 +99,9 @@ class SoftmaxModel(keras.Model):
         """Like keras.Model.compile, but with an `Objective` instead of a loss.
 
         Args:
-            optimizer: any Keras optimizer (`lmcli.optim.LazyAdam` keeps sparse rows sparse); it is made to apply
+            optimizer: any Keras optimizer (`lmcli.train.optim.LazyAdam` keeps sparse rows sparse); it is made to apply
                 gradients as given, since `train_step` sums them over replicas itself.
-            objective: the strategy and terms (`lmcli.objective.Objective`).
+            objective: the strategy and terms (`lmcli.train.objective.Objective`).
             clip_norm: clip the global gradient norm to this; 0 = off.
             seed: keys the training randomness and the samplers.
             total_steps: planned steps of the whole run (schedules of terms and TAPAS's temperature); 0 = unknown.

@@ -6,7 +6,7 @@ A term is a plain function
 
 given the same bundle as the strategy (W, b, E, hidden states, labels, mask, the clock, layer extras) plus the
 strategy's output (its logits over the classes it scored). Per-token values are reduced with the strategy's
-loss, over real tokens, in `lmcli.objective`; a scalar is added as it is. Its weight is a function of the clock.
+loss, over real tokens, in `lmcli.train.objective`; a scalar is added as it is. Its weight is a function of the clock.
 Terms never enter evaluation, generation or exports. The registry below is the whole list.
 """
 
@@ -19,8 +19,8 @@ from typing import Optional
 import tensorflow as tf
 
 from lmcli.config import TermsConfig
-from lmcli.errors import ConfigError
 from lmcli.losses.context import Clock, LossInputs, StrategyOutput
+from lmcli.runtime.errors import ConfigError
 from lmcli.terms import activation, embedding, variational
 
 TermFn = Callable[[LossInputs, StrategyOutput, TermsConfig], tf.Tensor]

@@ -24,8 +24,8 @@ import keras
 import tensorflow as tf
 
 from lmcli.config import TrainConfig
-from lmcli.errors import ConfigError
-from lmcli.replicas import local
+from lmcli.runtime.errors import ConfigError
+from lmcli.train.replicas import local
 
 
 def merge_duplicate_rows(grad):

@@ -1,5 +1,5 @@
 """The training loop: epochs, batches and steps, with checkpoints, validation, metrics, the learning-rate
-schedule, signals and the NaN guard, on one device or under a tf.distribute strategy (`lmcli.distribution`).
+schedule, signals and the NaN guard, on one device or under a tf.distribute strategy (`lmcli.train.distribution`).
 
 The loop is our own (not `fit`) so that a run resumes at the exact batch of the exact epoch, with the carried
 LSTM state, and checkpoints every `checkpoint_every` steps as well as at each epoch end.
@@ -13,23 +13,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmcli.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
 from lmcli.config import RunConfig
 from lmcli.data.pipeline import make_batches
 from lmcli.data.prefetch import Prefetch
 from lmcli.data.shards import DataDir
-from lmcli.distribution import Cluster, replica_feeds
-from lmcli.errors import InputError, Interrupted, NumericalError, RunDirError
 from lmcli.model.backend import KerasBackend
 from lmcli.model.kernel import lstm_kernel
-from lmcli.nan_causes import non_finite_message
-from lmcli.progress import Progress
-from lmcli.rundir import PendingRunDir
-from lmcli.runlog import MetricsLog, Pending, Window
-from lmcli.schedules import learning_rate, plateau_decays
-from lmcli.signals import StopRequests
-from lmcli.step import build_training_step
-from lmcli.validation import score_split
+from lmcli.runtime.errors import InputError, Interrupted, NumericalError, RunDirError
+from lmcli.runtime.progress import Progress
+from lmcli.runtime.rundir import PendingRunDir
+from lmcli.runtime.runlog import MetricsLog, Pending, Window
+from lmcli.runtime.signals import StopRequests
+from lmcli.train.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
+from lmcli.train.distribution import Cluster, replica_feeds
+from lmcli.train.nan_causes import non_finite_message
+from lmcli.train.schedules import learning_rate, plateau_decays
+from lmcli.train.step import build_training_step
+from lmcli.train.validation import score_split
 
 
 class Trainer:
@@ -90,7 +90,7 @@ class Trainer:
         self.latest, self.best = managers(self.state, self.write_paths, self.cfg.train.keep)
 
     def _commit(self) -> None:
-        """Before the first checkpoint: the run dir's other files (see lmcli.rundir); the chief's job."""
+        """Before the first checkpoint: the run dir's other files (see lmcli.runtime.rundir); the chief's job."""
         self.rundir.commit(self.log.open, self._managers)
 
     def _saved(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmcli.errors import RunDirError
+from lmcli.runtime.errors import RunDirError
 
 META = "lmcli.json"
 FORMAT, FORMAT_VERSION = "lmcli-export", 1

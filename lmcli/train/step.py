@@ -1,5 +1,5 @@
 """The training step of a run, built once for the trainer, the benchmarks and the tests: the model, its optimizer
-and objective made under the cluster's strategy, and the distributed step over them (`lmcli.distribution`)."""
+and objective made under the cluster's strategy, and the distributed step over them (`lmcli.train.distribution`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 
 from lmcli.config import RunConfig
 from lmcli.data.tokenizer import BOS_ID, PAD_ID
-from lmcli.distribution import Cluster, make_step
 from lmcli.model import LanguageModel, build_model
-from lmcli.objective import Objective
-from lmcli.optim import make_optimizer
+from lmcli.train.distribution import Cluster, make_step
+from lmcli.train.objective import Objective
+from lmcli.train.optim import make_optimizer
 
 NEVER_LABELS = (PAD_ID, BOS_ID)  # a data dir's padding and start ids: the unigram sampler never draws them
 ADDITIVE = ("loss", "strategy_loss", "tokens")  # step outputs summed over replicas (with the terms' values)

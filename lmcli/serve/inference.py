@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from lmcli.checkpoints import RunPaths, load_model
 from lmcli.config import DataConfig
 from lmcli.data.pipeline import start_id
 from lmcli.data.tokenizer import Tokenizer
-from lmcli.errors import RunDirError
-from lmcli.export_format import is_export_dir, read_meta
 from lmcli.model.backend import KerasBackend
 from lmcli.model.scoring import sums
+from lmcli.runtime.errors import RunDirError
+from lmcli.serve.export_format import is_export_dir, read_meta
+from lmcli.train.checkpoints import RunPaths, load_model
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ import numpy as np
 from lmcli.data.corpus import read_lines
 from lmcli.data.layout import SPLITS
 from lmcli.data.shards import encode_lines, open_data_dir
-from lmcli.errors import ConfigError, InputError, RunDirError
-from lmcli.fileio import atomic_write_text
-from lmcli.inference import open_model
-from lmcli.progress import Progress
-from lmcli.validation import score_split
+from lmcli.runtime.errors import ConfigError, InputError, RunDirError
+from lmcli.runtime.fileio import atomic_write_text
+from lmcli.runtime.progress import Progress
+from lmcli.serve.inference import open_model
+from lmcli.train.validation import score_split
 
 
 def summarize(sums: dict, n_bytes: int, lines: int) -> dict:

@@ -20,9 +20,9 @@ from typing import Optional
 import tensorflow as tf
 
 from lmcli.config import RunConfig
-from lmcli.errors import OutputError, RunDirError
-from lmcli.fileio import describe_os_error
 from lmcli.model import LanguageModel, build_model
+from lmcli.runtime.errors import OutputError, RunDirError
+from lmcli.runtime.fileio import describe_os_error
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from lmcli.checkpoints import RunPaths
 from lmcli.config import RunConfig
-from lmcli.errors import OutputError
-from lmcli.fileio import describe_os_error
-from lmcli.runlock import LOCK_NAME
+from lmcli.runtime.errors import OutputError
+from lmcli.runtime.fileio import describe_os_error
+from lmcli.runtime.runlock import LOCK_NAME
+from lmcli.train.checkpoints import RunPaths
 
 
 class PendingRunDir:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from lmcli import losses
 from lmcli.config import RunConfig
-from lmcli.errors import MemoryLimitError  # noqa: F401 (re-exported for callers)
+from lmcli.runtime.errors import MemoryLimitError  # noqa: F401 (re-exported for callers)
 
 RUNTIME = 750 * 2**20  # TensorFlow, Keras and the compiled step, measured on CPU
 SLOTS = {"adam": 2, "lazy-adam": 2, "adagrad": 1, "sgd": 0}

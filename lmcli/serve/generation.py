@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from lmcli.config import GenerateConfig
-from lmcli.errors import ConfigError
+from lmcli.runtime.errors import ConfigError
 
 WINDOW = 8  # ids of left context used to decode each new piece
 
@@ -127,7 +127,7 @@ def generate(backend, tokenizer, prompts: Sequence[str], cfg: GenerateConfig, st
     """Sample `cfg.num_samples` continuations of every prompt, all in one batch.
 
     Args:
-        backend: has `prefill(ids, mask)` and `step(ids, state)` (see lmcli.inference).
+        backend: has `prefill(ids, mask)` and `step(ids, state)` (see lmcli.serve.inference).
         tokenizer: encodes prompts, decodes pieces.
         prompts: texts to continue; row order is prompt-major (p0 s0, p0 s1, ..., p1 s0, ...).
         start_id: the id that precedes a line in training (`<s>` for pad mode, `</s>` for pack mode).

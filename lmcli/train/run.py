@@ -1,5 +1,5 @@
 """`train`: resolve a run's config, plan its memory, pick its tf.distribute strategy, lock its run dir and run
-the Trainer (`lmcli.trainer`); a failure before the first checkpoint leaves the run dir as it was."""
+the Trainer (`lmcli.train.loop`); a failure before the first checkpoint leaves the run dir as it was."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from typing import Any
 
 import tensorflow as tf
 
-from lmcli import __version__, memory
-from lmcli.checkpoints import RunPaths
+from lmcli import __version__
 from lmcli.config import RunConfig
 from lmcli.data.shards import DataDir, open_data_dir
-from lmcli.distribution import check_batch, make_cluster
-from lmcli.errors import ConfigError, LmcliError, PeerError, RunDirError
-from lmcli.progress import Progress
-from lmcli.rundir import PendingRunDir
-from lmcli.runlock import RunLock
-from lmcli.signals import StopRequests
-from lmcli.trainer import Trainer
+from lmcli.runtime.errors import ConfigError, LmcliError, PeerError, RunDirError
+from lmcli.runtime.progress import Progress
+from lmcli.runtime.rundir import PendingRunDir
+from lmcli.runtime.runlock import RunLock
+from lmcli.runtime.signals import StopRequests
+from lmcli.train import memory
+from lmcli.train.checkpoints import RunPaths
+from lmcli.train.distribution import check_batch, make_cluster
+from lmcli.train.loop import Trainer
 
 FROZEN_SECTIONS = ("model", "data", "loss", "terms")  # what a resumed run may not change
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from lmcli.errors import OutputError
+from lmcli.runtime.errors import OutputError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

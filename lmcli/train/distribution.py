@@ -20,8 +20,8 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from lmcli.errors import ConfigError
-from lmcli.watchdog import PeerWatch, peers_of
+from lmcli.runtime.errors import ConfigError
+from lmcli.runtime.watchdog import PeerWatch, peers_of
 
 KINDS = ("auto", "none", "mirrored", "multi-worker")
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from lmcli.checkpoints import RunPaths
-from lmcli.errors import OutputError
-from lmcli.fileio import atomic_write_text, describe_os_error
+from lmcli.runtime.errors import OutputError
+from lmcli.runtime.fileio import atomic_write_text, describe_os_error
+from lmcli.train.checkpoints import RunPaths
 
 SKIP = ("state",)  # step outputs that are not metrics
 

@@ -7,7 +7,7 @@ import math
 
 from lmcli.config import DataConfig
 from lmcli.data.pipeline import make_batches
-from lmcli.progress import Progress
+from lmcli.runtime.progress import Progress
 
 
 def score_split(model, split, data_cfg: DataConfig, specials: dict, progress: Progress,

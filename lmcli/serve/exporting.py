@@ -26,14 +26,14 @@ import numpy as np
 import tensorflow as tf
 
 from lmcli import __version__
-from lmcli.checkpoints import RunPaths, load_model
 from lmcli.data.pipeline import start_id
 from lmcli.data.tokenizer import Tokenizer
-from lmcli.errors import OutputError
-from lmcli.export_format import FORMAT, FORMAT_VERSION, META
-from lmcli.fileio import atomic_write_text, describe_os_error
 from lmcli.model.graph import InferenceGraph
 from lmcli.model.signatures import DEFAULT, SIGNATURES, input_specs, loglik, names
+from lmcli.runtime.errors import OutputError
+from lmcli.runtime.fileio import atomic_write_text, describe_os_error
+from lmcli.serve.export_format import FORMAT, FORMAT_VERSION, META
+from lmcli.train.checkpoints import RunPaths, load_model
 
 TOLERANCE = 1e-5
 

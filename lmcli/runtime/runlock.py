@@ -12,8 +12,8 @@ import os
 import socket
 from pathlib import Path
 
-from lmcli.errors import LockError, OutputError
-from lmcli.fileio import describe_os_error
+from lmcli.runtime.errors import LockError, OutputError
+from lmcli.runtime.fileio import describe_os_error
 
 LOCK_NAME = ".lock"
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from lmcli.errors import PeerError
+from lmcli.runtime.errors import PeerError
 
 
 class PeerWatch:
