@@ -7,9 +7,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lmcli.losses.resample import inclusion_probabilities, log_inclusion_probabilities, resample
-from lmcli.losses.sampled import sampled_logits_loss
+from lmcli.losses.resample import log_inclusion_probabilities, resample
+from lmcli.losses.sampled import label_first_losses, sampled_logits
 from lmcli.losses.tapas import resampling_scores
+
+
+def inclusion_probabilities(log_w, k):
+    """pi (S,) = exp(log pi); sums to k."""
+    return tf.exp(log_inclusion_probabilities(log_w, k))
+
+
+def sampled_logits_loss(*args, **kwargs):
+    """Sampled-softmax losses (M,) of real tokens (arguments as `sampled_logits`)."""
+    return label_first_losses(sampled_logits(*args, **kwargs))
 
 
 def test_inclusion_probabilities_sum_to_k_and_match_monte_carlo():

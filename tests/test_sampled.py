@@ -17,6 +17,11 @@ def case(seed=0, n=6, v=7, d=4):
             rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, v, n).astype(np.int64))
 
 
+def sampled_logits_loss(*args, **kwargs):
+    """Sampled-softmax losses (M,) of real tokens (arguments as `sampled.sampled_logits`)."""
+    return sampled.label_first_losses(sampled.sampled_logits(*args, **kwargs))
+
+
 def np_log_softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
@@ -25,7 +30,7 @@ def np_log_softmax(z):
 def test_every_class_sampled_with_exact_counts_equals_full_softmax():
     w, b, h, y = case()
     v = len(b)
-    got = sampled.sampled_logits_loss(w, b, h, y, tf.range(v, dtype=tf.int64), tf.ones(len(y)), tf.ones(v),
+    got = sampled_logits_loss(w, b, h, y, tf.range(v, dtype=tf.int64), tf.ones(len(y)), tf.ones(v),
                                       remove_accidental_hits=True).numpy()
     want = losses.per_token(LossConfig(), w, b, h, y, tf.ones(len(y))).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -37,7 +42,7 @@ def test_per_token_loss_matches_numpy_with_log_q_and_hit_removal():
     y[0] = 3  # an accidental hit
     q_true = np.linspace(0.2, 0.7, len(y)).astype(np.float32)
     q_cand = np.array([0.5, 0.25, 0.9], np.float32)
-    got = sampled.sampled_logits_loss(w, b, h, y, cand, q_true, q_cand).numpy()
+    got = sampled_logits_loss(w, b, h, y, cand, q_true, q_cand).numpy()
     true = (h * w[y]).sum(-1) + b[y] - np.log(q_true)
     logits = h @ w[cand].T + b[cand] - np.log(q_cand)
     logits[y[:, None] == cand[None, :]] = -np.inf

@@ -54,7 +54,6 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default=False)]
 RunDirArg = Annotated[Path, typer.Argument(help="A run dir written by `lmcli train`.", show_default=False)]
 ModelArg = Annotated[Path, typer.Argument(help="A run dir (`lmcli train`) or an export dir (`lmcli export`).",
                                           show_default=False)]

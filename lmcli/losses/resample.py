@@ -60,11 +60,6 @@ def log_inclusion_probabilities(log_w: tf.Tensor, k: int, iterations: int = 60) 
     return tf.where(tf.shape(log_p)[0] <= k, tf.zeros_like(log_pi), log_pi)  # every item kept: exactly log 1
 
 
-def inclusion_probabilities(log_w: tf.Tensor, k: int, iterations: int = 60) -> tf.Tensor:
-    """pi (S,) = exp(`log_inclusion_probabilities`); sums to k."""
-    return tf.exp(log_inclusion_probabilities(log_w, k, iterations))
-
-
 def resample(scores: tf.Tensor, sampled: tf.Tensor, sampled_expected: tf.Tensor, k: int, seed: int,
              step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(kept ids (K,), log of their expected counts log pi1 + log pi2 (K,)) from the first pass's candidates (S,)."""

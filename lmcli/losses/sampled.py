@@ -55,15 +55,6 @@ def label_first_losses(logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]  # (M,)
 
 
-def sampled_logits_loss(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
-                        remove_accidental_hits: bool = True, subtract_log_q: bool = True, *,
-                        log_sampled_expected: bool = False) -> tf.Tensor:
-    """Sampled-softmax losses (M,) of real tokens (arguments as `sampled_logits`)."""
-    return label_first_losses(sampled_logits(weights, bias, hidden, labels, sampled, true_expected,
-                                             sampled_expected, remove_accidental_hits, subtract_log_q,
-                                             log_sampled_expected=log_sampled_expected))
-
-
 def real_rows(hidden, labels, mask):
     """Indices (M,) of the real tokens, and their hidden states (M, D) and labels (M,)."""
     idx = tf.where(mask > 0)[:, 0]  # (M,)
