@@ -7,7 +7,7 @@ DEMO := demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quality bench-terms bench-ablation gpu-check lint clean install
+.PHONY: demo test test-fast bench bench-quality bench-terms bench-ablation gpu-check lint clean install
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
