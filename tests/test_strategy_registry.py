@@ -39,8 +39,8 @@ def memory(config: LossConfig, size: StepSize) -> OutputMemory:
 STRATEGY = Strategy(strategy, draws_candidates=False, check=check, optimizer="adagrad", sampler="unigram",
                     memory=memory)
 
-# lmcli/losses/__init__.py, in STRATEGIES:
-#     "smoothed": smoothed.STRATEGY,
+# lmcli/config/sections.py, in STRATEGY_MODULES (the registry):
+#     "smoothed": "lmcli.losses.smoothed",
 # ---- end of the README's example ---------------------------------------------------------------------------------
 
 import dataclasses  # noqa: E402

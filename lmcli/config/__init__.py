@@ -1,4 +1,4 @@
-"""Typed, frozen configs: the one place where defaults live, validated once, with JSON round trips.
+"""Typed, frozen configs: defaults in the dataclasses, validated once, with JSON round trips.
 
 Every run dir holds `config.json` = `RunConfig.to_dict()`; the model and the data pipeline are rebuilt from it
 alone. `sections` holds a run's parts, `run` the RunConfig, `commands` the options of prepare, eval and
@@ -19,6 +19,7 @@ from lmcli.config.sections import (
     PADDINGS,
     PRECISIONS,
     SAMPLERS,
+    STRATEGY_MODULES,
     TAPAS_CORRECTIONS,
     TEMPERATURE_DECAYS,
     DataConfig,
@@ -30,5 +31,6 @@ from lmcli.config.sections import (
 
 __all__ = ["AUX_DISTANCES", "AUX_LOSSES", "CANDIDATE_SETS", "DISTRIBUTES", "ENCODING_ERRORS", "LOSSES",
            "LR_SCHEDULES", "MODEL_TYPES", "OPTIMIZERS", "PADDINGS", "PAD_SIDES", "PRECISIONS", "SAMPLERS", "SECTIONS",
+           "STRATEGY_MODULES",
            "TAPAS_CORRECTIONS", "TEMPERATURE_DECAYS", "VOCAB_MAX", "DataConfig", "EvalConfig", "GenerateConfig",
            "LossConfig", "ModelConfig", "PrepareConfig", "RunConfig", "TermsConfig", "TrainConfig"]

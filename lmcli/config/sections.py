@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from lmcli.config.checks import choice, non_negative, positive, rate
 from lmcli.runtime.errors import ConfigError
 
-LOSSES = ("full", "sampled", "tapas")  # the names --help lists; the registry, lmcli.losses.STRATEGIES, decides
+# The registry of loss strategies: --loss NAME -> the module whose STRATEGY declares it (lmcli.losses imports them).
+# Names only here, so that --help lists them without importing TensorFlow.
+STRATEGY_MODULES = {"full": "lmcli.losses.full", "sampled": "lmcli.losses.sampled", "tapas": "lmcli.losses.tapas"}
+LOSSES = tuple(STRATEGY_MODULES)
 SAMPLERS = ("auto", "unigram", "log-uniform", "uniform", "learned-unigram")
 PADDINGS = ("pack", "pad")
 PAD_SIDES = ("right", "left")

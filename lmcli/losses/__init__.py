@@ -10,8 +10,9 @@ softmax.
 
 Each strategy's module declares everything about it in one `Strategy` (`lmcli.losses.strategy`): its options'
 checks, the optimizer that suits it, what `--sampler auto` means for it, its memory cost and whether it draws
-candidates. `STRATEGIES` below is the registry: adding a strategy is its module plus one line here (and its name
-in `lmcli.config.LOSSES` if `--help` should list it).
+candidates. The registry is `lmcli.config.STRATEGY_MODULES` (name -> module, so that `--help` lists the names
+without TensorFlow); `STRATEGIES` below holds each module's `STRATEGY`. Adding a strategy is its module plus one
+line there.
 
 The import direction: this package imports `lmcli.config` (the configs are its inputs); the config never imports
 this package at import time. `RunConfig.validate` and `RunConfig.resolved` ask the registry when they run, through
@@ -21,21 +22,18 @@ this package at import time. `RunConfig.validate` and `RunConfig.resolved` ask t
 
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
 import tensorflow as tf
 
-from lmcli.config import LossConfig
-from lmcli.losses import full, sampled, tapas
+from lmcli.config import STRATEGY_MODULES, LossConfig
 from lmcli.losses.context import Clock, LossInputs, StrategyContext, StrategyOutput
 from lmcli.losses.strategy import OutputMemory, StepSize, Strategy, StrategyFn
 from lmcli.runtime.errors import ConfigError
 
-STRATEGIES: dict[str, Strategy] = {  # the registry: one line per strategy, --loss NAME
-    "full": full.STRATEGY,
-    "sampled": sampled.STRATEGY,
-    "tapas": tapas.STRATEGY,
-}
+STRATEGIES: dict[str, Strategy] = {name: importlib.import_module(module).STRATEGY
+                                   for name, module in STRATEGY_MODULES.items()}
 
 
 def get(name: str) -> Strategy:
