@@ -90,18 +90,26 @@ def test_the_estimate_is_within_the_stated_band_of_measured_peaks():
         assert run["baseline_bytes"] <= memory.RUNTIME, (config, run)
 
 
-def test_per_row_candidate_sets_add_their_noise_and_gathers_to_the_step():
-    """`--candidate-sets row` draws Gumbel noise over V for each of the global batch's rows (uniform, log, sum:
-    3 x rows x V floats) and gathers S rows of W per batch row (and their gradient)."""
-    def step(sets, replicas=1):
+def test_per_row_candidate_sets_add_their_draws_and_gathers_to_the_step():
+    """`--candidate-sets row` plans K = 2 x S columns per row (a fixed sampler's draws, repeats included): the
+    (N, 1 + K) logits and gradient, K rows of W gathered per batch row and their gradient, the global rows' (rows, K)
+    uniforms; the learned-unigram sampler draws S per row with Gumbel noise over V for every global row (3 x rows x
+    V floats). A shared set: (N, 1 + S) logits and S gathered rows."""
+    def step(sets, replicas=1, sampler="unigram"):
         cfg = RunConfig(model=ModelConfig(vocab_size=100_000, embedding_dim=64, hidden=64),
-                        loss=LossConfig(name="sampled", num_sampled=256, candidate_sets=sets),
+                        loss=LossConfig(name="sampled", num_sampled=256, candidate_sets=sets, sampler=sampler),
                         train=TrainConfig(optimizer="lazy-adam")).resolved()
-        return memory.estimate(cfg, replicas, available=10**12).training_step, cfg.data.batch_size
+        return memory.estimate(cfg, replicas, available=10**12).training_step, cfg.data
 
-    (batch, rows), (row, _) = step("batch"), step("row")
-    assert row - batch == 4 * (3 * rows * 100_000 + 2 * rows * 256 * 64)
-    assert step("row", 2)[0] - step("batch", 2)[0] == 4 * (3 * rows * 100_000 + 2 * (rows // 2) * 256 * 64)
+    (batch, data), (row, _) = step("batch"), step("row")
+    rows, s, k, d = data.batch_size, 256, 512, 64
+    n = rows * data.seq_len
+    shared = 4 * n * (s + 1) + 2 * s * d
+    assert row - batch == 4 * (4 * n * (k + 1) + 2 * rows * k * d + 4 * rows * k - shared)
+    two = 4 * (4 * (n // 2) * (k + 1) + 2 * (rows // 2) * k * d + 4 * rows * k - (4 * (n // 2) * (s + 1) + 2 * s * d))
+    assert step("row", 2)[0] - step("batch", 2)[0] == two
+    learned = step("row", sampler="learned-unigram")[0] - batch
+    assert learned == 4 * (4 * n * (s + 1) + 2 * rows * s * d + 4 * rows * s + 3 * rows * 100_000 - shared)
 
 
 def test_a_configuration_far_too_large_exits_before_allocating_and_leaves_no_run_dir(tiny_data_dir, tmp_path):

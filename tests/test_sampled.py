@@ -188,12 +188,45 @@ def test_per_row_sets_are_keyed_on_the_global_row():
     whole, true_q, cand_q = s.sample_rows(labels, mask, step)
     part = s.sample_rows(labels[2:], mask[2:], step, row_offset=2, global_rows=4)[0]
     np.testing.assert_array_equal(part.numpy(), whole.numpy()[2:])
-    sets = [tuple(sorted(r)) for r in whole.numpy()]
-    assert len(set(sets)) == 4 and all(len(set(r)) == 6 for r in sets)
+    sets = [tuple(sorted(set(r))) for r in whole.numpy()]
+    assert len(set(sets)) == 4 and whole.shape == (4, s.row_draws)
     later = s.sample_rows(labels, mask, step + 1)[0].numpy()
-    assert [tuple(sorted(r)) for r in later] != sets
-    np.testing.assert_allclose(cand_q.numpy(), tf.gather(s.expected, whole).numpy())
-    np.testing.assert_allclose(true_q.numpy(), tf.gather(s.expected, labels).numpy())
+    assert [tuple(sorted(set(r))) for r in later] != sets
+    for row, q_row in zip(whole.numpy(), cand_q.numpy()):  # each class once at its exact count, repeats at +inf
+        first = np.r_[True, row[1:] != row[:-1]]
+        np.testing.assert_allclose(q_row[first], tf.gather(s.row_expected, row[first]).numpy())
+        assert np.all(np.isinf(q_row[~first]))
+    np.testing.assert_allclose(true_q.numpy(), tf.gather(s.row_expected, labels).numpy())
+
+
+def test_per_row_draws_include_each_class_with_its_stated_probability():
+    """A class is in a row's set with probability 1 - (1 - q)^K (K draws with replacement), as the expected counts
+    say, and a row holds num_sampled distinct classes on average (Monte Carlo over 400 steps x 8 rows)."""
+    q = np.arange(1, 41, dtype=np.float64) ** 2
+    s = Sampler(q, 10, seed=3)
+    labels, mask = tf.ones([8, 2], tf.int64), tf.ones([8, 2])
+    seen, distinct = np.zeros(40), []
+    for step in range(400):
+        rows = s.sample_rows(labels, mask, tf.constant(step, tf.int64))[0].numpy()
+        for r in rows:
+            seen[np.unique(r)] += 1
+            distinct.append(len(np.unique(r)))
+    want = -np.expm1(s.row_draws * np.log1p(-q / q.sum()))
+    np.testing.assert_allclose(seen / 3200, want, atol=0.03)
+    np.testing.assert_allclose(tf.gather(s.row_expected, np.arange(40)).numpy(), want, rtol=1e-5)
+    assert abs(np.mean(distinct) - 10) < 0.2
+
+
+def test_per_row_draws_cost_the_same_at_any_vocabulary_size():
+    """The per-row draw holds no (rows, V) tensor: the largest tensor of its graph is a [V] constant (the cumulative
+    q), at 20k and at 200k classes alike. (A Gumbel draw per row holds rows x V.)"""
+    def largest(v: int) -> int:
+        s = Sampler(np.arange(1, v + 1, dtype=np.float64) ** -1.0, 64, seed=1)
+        fn = tf.function(lambda step: s.sample_rows(tf.ones([16, 4], tf.int64), tf.ones([16, 4]), step))
+        graph = fn.get_concrete_function(tf.TensorSpec([], tf.int64)).graph
+        sizes = [t.shape.num_elements() or 0 for op in graph.get_operations() for t in op.outputs]
+        return max(sizes)
+    assert largest(20_000) == 20_000 and largest(200_000) == 200_000
 
 
 def test_tapas_refuses_per_row_sets():

@@ -80,13 +80,15 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
 def per_row_logits(weights, bias, hidden, labels, sampled, true_expected, sampled_expected,
                    remove_accidental_hits: bool = True) -> tf.Tensor:
     """Logits (R * G, 1 + S) with one candidate set per row: hidden (R, G, D), labels (R, G), sampled (R, S),
-    true_expected (R, G), sampled_expected (R, S); column 0 the label, corrected as in `sampled_logits`."""
+    true_expected (R, G), sampled_expected (R, S); column 0 the label, corrected as in `sampled_logits`. A candidate
+    whose expected count is +inf (a row's repeated draw) takes no part: its logit is NEG."""
     labels = tf.cast(labels, tf.int64)
     true_logit = tf.reduce_sum(hidden * tf.gather(weights, labels), -1) + tf.gather(bias, labels)  # (R, G)
     true_logit -= tf.math.log(true_expected)
     sampled_w = tf.gather(weights, sampled)  # (R, S, D)
     logits = tf.matmul(hidden, sampled_w, transpose_b=True) + tf.gather(bias, sampled)[:, None, :]  # (R, G, S)
     logits -= tf.math.log(sampled_expected)[:, None, :]
+    logits = tf.where(tf.math.is_inf(sampled_expected)[:, None, :], NEG, logits)  # repeats out (R, G, S)
     if remove_accidental_hits:
         logits = tf.where(tf.equal(labels[:, :, None], sampled[:, None, :]), NEG, logits)  # (R, G, S)
     rows = tf.shape(labels)[0] * tf.shape(labels)[1]
@@ -110,14 +112,22 @@ def check(config: LossConfig, vocab_size: int) -> None:
     check_draws(config, vocab_size, vocab_size - 1, "must be less than")
 
 
+ROW_DRAWS_BOUND = 2  # per-row draws (repeats included) / num_sampled, planned for; 1.24 to 1.54 on wt2word's unigram
+
+
 def memory(config: LossConfig, size: StepSize) -> OutputMemory:
-    """The (N, 1 + S) logits and their gradient, the S gathered rows of W and their gradient; with a candidate set
-    per row, Gumbel noise over V for every global row and S rows of W gathered per row."""
+    """The (N, 1 + S) logits and their gradient, the S gathered rows of W and their gradient. With a candidate set
+    per row, K columns per row (a fixed sampler's K draws, repeats included, planned as ROW_DRAWS_BOUND x S) and K
+    rows of W gathered per row; the learned-unigram sampler draws S per row by Gumbel noise over V for every row."""
     n, s, d = size.tokens, config.num_sampled, size.dim
-    floats = 4 * n * (s + 1) + 2 * s * d
-    if config.candidate_sets == "row":
-        floats += 3 * size.global_rows * size.vocab_size + 2 * size.rows * s * d
-    return OutputMemory(4 * floats, s)
+    if config.candidate_sets != "row":
+        return OutputMemory(4 * (4 * n * (s + 1) + 2 * s * d), s)
+    gumbel = config.sampler == "learned-unigram"
+    k = s if gumbel else ROW_DRAWS_BOUND * s
+    floats = 4 * n * (k + 1) + 2 * size.rows * k * d + 4 * size.global_rows * k
+    if gumbel:
+        floats += 3 * size.global_rows * size.vocab_size
+    return OutputMemory(4 * floats, k)
 
 
 # Candidates drawn (--sampler auto: by unigram counts), a step's gradient touches S + N rows of W: lazy Adam.

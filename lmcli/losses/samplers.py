@@ -10,6 +10,13 @@ Expected counts (the "Q" of the log-Q correction) are the inclusion probabilitie
 approximated as 1 - (1 - q_i)^K with K chosen so that they sum to `num_sampled`: the formula TF's
 unique samplers use, where K is the number of with-replacement draws needed to collect the set.
 
+Per-row sets from a fixed q (`Sampler.sample_rows`) are drawn differently, so that their cost does not grow with
+V: each row makes K = ceil(that K) draws with replacement by inverse CDF (a binary search of R x K uniforms in the
+cumulative q), and repeats within a row take no part (their expected count is +inf, which the loss reads as "not
+a candidate"). A class is then in a row's set with probability exactly 1 - (1 - q_i)^K, and a row holds
+`num_sampled` distinct classes on average. (The Gumbel-top-k draw costs R x V per step: at V = 800k and 32 rows,
+25.6M uniforms.)
+
 Distributions q:
     unigram          the given counts (the train split's, from `prepare`) ** distortion; ids never seen get
                      the weight of one occurrence, except the ids the caller says are never labels
@@ -87,6 +94,11 @@ class Sampler:
         tries = inclusion_tries(q, num_sampled)
         expected = np.ones_like(q) if np.isinf(tries) else -np.expm1(tries * np.log1p(-q))
         self.expected = tf.constant(np.maximum(expected, 1e-30), tf.float32)  # (V,)
+        # per-row sets: K draws with replacement each (none when every drawable class is wanted: Gumbel then)
+        self.row_draws = 0 if np.isinf(tries) else int(np.ceil(tries))
+        self.cdf = tf.constant(np.cumsum(q), tf.float64)  # (V,)
+        row_expected = -np.expm1(self.row_draws * np.log1p(-np.minimum(q, 1.0 - 1e-16)))
+        self.row_expected = tf.constant(np.maximum(row_expected, 1e-30), tf.float32)  # (V,) exact for K draws
 
     def _key(self, step: tf.Tensor) -> tf.Tensor:
         return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
@@ -115,9 +127,27 @@ class Sampler:
                 tf.gather(self.expected, sampled))  # (S,)
 
     def sample_rows(self, labels: tf.Tensor, mask: tf.Tensor, step: tf.Tensor, row_offset=0, global_rows=0):
+        """(sampled (R, K), true_expected (R, G), sampled_expected (R, K), +inf at a row's repeated draws)."""
         del mask
-        sampled = self._draw_rows(self.log_q, step, row_offset, tf.shape(labels)[0], global_rows)  # (R, S)
-        return sampled, tf.gather(self.expected, tf.cast(labels, tf.int64)), tf.gather(self.expected, sampled)
+        labels = tf.cast(labels, tf.int64)
+        if not self.row_draws:
+            sampled = self._draw_rows(self.log_q, step, row_offset, tf.shape(labels)[0], global_rows)  # (R, S)
+            return sampled, tf.gather(self.expected, labels), tf.gather(self.expected, sampled)
+        sampled = self._draw_rows_cdf(step, row_offset, tf.shape(labels)[0], global_rows)  # (R, K) sorted
+        repeat = tf.concat([tf.zeros_like(sampled[:, :1], tf.bool), sampled[:, 1:] == sampled[:, :-1]], 1)  # (R, K)
+        expected = tf.where(repeat, float("inf"), tf.gather(self.row_expected, sampled))  # (R, K)
+        return sampled, tf.gather(self.row_expected, labels), expected
+
+    def _draw_rows_cdf(self, step: tf.Tensor, row_offset, rows, global_rows) -> tf.Tensor:
+        """(rows, K) ids, each row sorted: K draws with replacement per row by inverse CDF, the uniforms drawn for the
+        global batch's rows and this replica's sliced out (as `_draw_rows`)."""
+        total = tf.maximum(tf.cast(global_rows, tf.int32), rows)
+        key = tf.random.experimental.stateless_fold_in(self._key(step), 0x50E)
+        u = tf.random.stateless_uniform(tf.stack([total, self.row_draws]), seed=key, dtype=tf.float64)
+        u = u[row_offset:row_offset + rows] * self.cdf[-1]  # (R, K) in [0, total mass)
+        ids = tf.searchsorted(self.cdf, tf.reshape(u, [-1]), side="right")  # (R*K,): first class whose mass > u
+        ids = tf.reshape(tf.minimum(ids, tf.shape(self.cdf, out_type=ids.dtype)[0] - 1), tf.shape(u))  # (R, K)
+        return tf.sort(tf.cast(ids, tf.int64), axis=1)
 
     def variables(self) -> list:
         """State to checkpoint (none for fixed distributions)."""
