@@ -48,7 +48,7 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
     from lmcli.train.step import build_training_step
 
     cfg = RunConfig(model=ModelConfig(vocab_size=vocab, embedding_dim=dim, hidden=dim),
-                    data=DataConfig(batch_size=batch, seq_len=35), loss=LossConfig(name=loss),
+                    data=DataConfig(batch_size=batch, seq_len=35), loss=LossConfig(name=loss, candidate_sets="batch"),
                     train=TrainConfig(precision=precision, optimizer=optimizer, clip_norm=1.0)).resolved()
     cluster = make_cluster("mirrored" if replicas > 1 else "none", devices if replicas > 1 else "")
     probs = 1.0 / np.arange(1, vocab + 1) ** 1.05

@@ -35,10 +35,13 @@ from lmcli.train.objective import Objective  # noqa: E402
 from lmcli.train.optim import make_optimizer  # noqa: E402
 from lmcli.train.step import NEVER_LABELS  # noqa: E402
 
-LOSSES = {  # name -> (--loss, other loss options): the defaults (sampled 2048 shared, tapas 2048 -> 1024 resample)
-    "full": ("full", {}), "sampled": ("sampled", {}), "sampled-row": ("sampled", {"candidate_sets": "row",
-                                                                                   "num_sampled": 256}),
-    "sampled-1024": ("sampled", {"num_sampled": 1024}), "tapas": ("tapas", {}), "floor": ("full", {}),
+LOSSES = {  # name -> (--loss, other loss options): sampled 2048 shared, tapas 2048 -> 1024 resample (the defaults)
+    "full": ("full", {}),
+    "sampled": ("sampled", {"candidate_sets": "batch"}),
+    "sampled-row": ("sampled", {"candidate_sets": "row", "num_sampled": 256}),
+    "sampled-1024": ("sampled", {"num_sampled": 1024, "candidate_sets": "batch"}),
+    "tapas": ("tapas", {}),
+    "floor": ("full", {}),
 }
 STRATEGIES = tuple(LOSSES)
 EXTRAS = {  # --extras: one loss term or embedding regulariser at a time, on top of the strategy

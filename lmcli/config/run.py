@@ -43,8 +43,9 @@ class RunConfig:
             return self
         optimizer = strategy.optimizer if self.train.optimizer == "auto" else self.train.optimizer
         sampler = strategy.sampler if self.loss.sampler == "auto" else self.loss.sampler
+        sets = strategy.candidate_sets if self.loss.candidate_sets == "auto" else self.loss.candidate_sets
         return dataclasses.replace(self, train=dataclasses.replace(self.train, optimizer=optimizer),
-                                   loss=dataclasses.replace(self.loss, sampler=sampler))
+                                   loss=dataclasses.replace(self.loss, sampler=sampler, candidate_sets=sets))
 
     def validate(self) -> None:
         self.model.validate()

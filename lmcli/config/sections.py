@@ -27,7 +27,7 @@ AUX_DISTANCES = ("cosine", "mse")
 LR_SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 PRECISIONS = ("float32", "mixed-float16", "mixed-bfloat16")
 DISTRIBUTES = ("auto", "none", "mirrored", "multi-worker")
-CANDIDATE_SETS = ("batch", "row")
+CANDIDATE_SETS = ("auto", "batch", "row")
 TAPAS_CORRECTIONS = ("resample", "none")
 
 
@@ -95,7 +95,7 @@ class LossConfig:
     sampler: str = "auto"  # auto (tapas: learned-unigram, else unigram) | unigram | log-uniform | uniform
     unigram_distortion: float = 0.75  # counts ** distortion for the unigram sampler
     remove_accidental_hits: bool = True
-    candidate_sets: str = "batch"  # sampled: one candidate set per batch (shared) | per row (sequence)
+    candidate_sets: str = "auto"  # sampled: one set per batch (shared) | per row; auto: row where memory affords it
     num_resampled: int = 1024  # tapas: candidates kept after the resampling pass
     resampling_temperature: float = 1.0  # tapas: T at the start of training
     final_resampling_temperature: float = 0.0  # tapas: T at the end; 0 = keep T constant

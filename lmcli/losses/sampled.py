@@ -65,7 +65,8 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
     """The `sampled` strategy: per-token sampled-softmax losses (N,), 0 where mask is 0.
 
     Candidates are drawn once for the batch (`--candidate-sets batch`: logits for the M real tokens only) or once
-    per batch row (`row`: every row's tokens against the row's own set).
+    per batch row (`row`: every row's tokens against the row's own set). `auto` is made concrete by
+    `RunConfig.resolved` (and the memory plan); a LossConfig that never went through it draws one shared set.
     """
     if config.candidate_sets == "row":
         return _per_row(inputs, config, ctx)
@@ -131,5 +132,7 @@ def memory(config: LossConfig, size: StepSize) -> OutputMemory:
 
 
 # Candidates drawn (--sampler auto: by unigram counts), a step's gradient touches S + N rows of W: lazy Adam.
+# Per-row sets where memory affords them: at 550 candidates (4% of V) on wt2word, 4 epochs, 3 seeds, test perplexity
+# 1.022 x the full softmax's against 1.097 x with one shared set (README, "Choosing a strategy").
 STRATEGY = Strategy(strategy, draws_candidates=True, check=check, optimizer="lazy-adam", sampler="unigram",
-                    memory=memory)
+                    memory=memory, candidate_sets="row")

@@ -73,6 +73,7 @@ class Strategy:
     check: Check = no_options  # raises ConfigError for a bad value of its options, given V (after the choices)
     optimizer: str = "adam"  # what --optimizer auto becomes (lazy-adam where a step touches a few rows of W)
     sampler: str = "unigram"  # what --sampler auto becomes (saved in config.json, drawn from or not)
+    candidate_sets: str = "batch"  # what --candidate-sets auto becomes where the memory plan affords it
     memory: Memory = every_class  # its output layer's share of a training step, for the memory plan
     nan_cause: Optional[NanCause] = None  # (config, step, total steps) -> the first thing to try after a NaN loss
 

@@ -256,7 +256,7 @@ def strategy(inputs: LossInputs, config: LossConfig, ctx: StrategyContext) -> St
 def check(config: LossConfig, vocab_size: int) -> None:
     """Candidates drawn from all V classes; one set over the batch; R < S kept at a temperature float32 can use."""
     check_draws(config, vocab_size, vocab_size, "must not exceed")
-    if config.candidate_sets != "batch":
+    if config.candidate_sets == "row":
         raise ConfigError("--candidate-sets row is for --loss sampled (TAPAS scores one set over the batch)")
     positive("--num-resampled", config.num_resampled)
     positive("--resampling-temperature", config.resampling_temperature)

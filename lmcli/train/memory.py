@@ -170,9 +170,14 @@ def available_bytes() -> Optional[int]:
         return None
 
 
+def fits(plan: MemoryPlan) -> bool:
+    """Whether the estimate is within what is available (True when that cannot be known)."""
+    return plan.available is None or plan.total <= plan.available
+
+
 def check(plan: MemoryPlan) -> None:
     """A MemoryLimitError (exit 9) before anything is allocated when the estimate exceeds what is available."""
-    if plan.available is not None and plan.total > plan.available:
+    if not fits(plan):
         raise MemoryLimitError(f"this configuration needs {plan.describe()}: it does not fit; reduce {REDUCE}")
 
 

@@ -27,10 +27,12 @@ FROZEN_SECTIONS = ("model", "data", "loss", "terms")  # what a resumed run may n
 
 
 def resolve_config(data: DataDir, paths: RunPaths, overrides: dict[str, dict[str, Any]],
-                   restart: bool) -> RunConfig:
-    """The run's config: saved config (when resuming) or defaults, with the given options on top."""
+                   restart: bool) -> tuple[RunConfig, bool]:
+    """The run's config: saved config (when resuming) or defaults, with the given options on top; and whether its
+    candidate sets were left to `auto` (a new run), which the memory plan may still turn into one shared set."""
     saved = RunConfig.load(paths.config) if paths.exists() and not restart else None
     cfg = (saved or RunConfig()).merged(overrides)
+    auto_sets = cfg.loss.candidate_sets == "auto"
     cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, vocab_size=data.vocab_size),
         data_dir=str(Path(data.path).resolve()), tokenizer_sha256=data.tokenizer_sha256,
@@ -46,8 +48,20 @@ def resolve_config(data: DataDir, paths: RunPaths, overrides: dict[str, dict[str
             raise ConfigError(f"{paths.root} was trained with other settings ({'; '.join(diffs)}); "
                               "use --restart to start over, or another --run-dir")
     cfg.validate()
-    return cfg
+    return cfg, auto_sets
 
+
+def affordable(cfg: RunConfig, auto_sets: bool, plan_fn) -> tuple[RunConfig, memory.MemoryPlan, str]:
+    """(config, its memory plan, a note): per-row candidate sets chosen by `auto` become one shared set when they do
+    not fit and the shared set does. `plan_fn(cfg)` is the plan of a config on the run's devices."""
+    plan = plan_fn(cfg)
+    if not (auto_sets and cfg.loss.candidate_sets == "row" and not memory.fits(plan)):
+        return cfg, plan, ""
+    shared = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, candidate_sets="batch"))
+    shared_plan = plan_fn(shared)
+    if not memory.fits(shared_plan):
+        return cfg, plan, ""
+    return shared, shared_plan, "per-row candidate sets do not fit in memory: one set shared by the batch"
 
 def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], restart: bool = False,
           progress: Progress = Progress()) -> dict:
@@ -60,10 +74,12 @@ def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], r
     data = open_data_dir(data_dir)
     paths = RunPaths(Path(run_dir))
     _check_run_dir(paths)
-    cfg = resolve_config(data, paths, overrides, restart)
+    cfg, auto_sets = resolve_config(data, paths, overrides, restart)
     cluster = make_cluster(cfg.train.distribute, cfg.train.devices, cfg.train.worker_timeout)
     check_batch(cfg.data.batch_size, cfg.data.padding, cluster.replicas)
-    plan = memory.plan_for(cfg, cluster.replicas, cluster.devices)
+    cfg, plan, note = affordable(cfg, auto_sets, lambda c: memory.plan_for(c, cluster.replicas, cluster.devices))
+    if note:
+        progress.log(note)
     progress.log(f"memory: {plan.describe()}")
     memory.check(plan)
     rundir = PendingRunDir(paths, cfg, data.tokenizer_path, restart, owner=cluster.is_chief)
