@@ -3,20 +3,22 @@
 A synthetic language made here from a fixed seed (300 words with Zipf frequencies; each word is followed by one
 of its 4 successors 90% of the time, by a Zipf draw otherwise: the chain's own perplexity is about 6.7, line ends
 aside) is prepared with a `word` tokenizer, and the same tiny LSTM (E 32, H 64, batch 16 x 20, lr 0.01, seed 5) is
-trained 600 steps with `--loss full` and with `--loss sampled` (20 unigram candidates, about 7% of V). Both are
-scored on the test split by the full softmax, as `lmcli eval` scores them, and the ratio sampled / full of their
-perplexities must be below RATIO_BOUND. The training runs in a subprocess because it turns on TensorFlow's op
+trained 600 steps with `--loss full` and with `--loss sampled` (20 unigram candidates, about 7% of V), with the
+default per-row candidate sets and with one set shared by the batch. All are scored on the test split by the full
+softmax, as `lmcli eval` scores them, and each ratio sampled / full of their perplexities must be below RATIO_BOUND. The training runs in a subprocess because it turns on TensorFlow's op
 determinism, which is process-global: two runs give the same numbers to the last digit.
 
-Measured (CPU, TF 2.21): full 10.38, sampled 11.16, ratio 1.076. Other data and training seeds gave 1.06 and 1.08.
-Each of three realistic mistakes in the sampled path, planted by hand in the library and run here, failed:
+Measured (CPU, TF 2.21): full 10.38; shared set 11.16, ratio 1.076 (other data and training seeds: 1.06 and 1.08);
+per-row sets 10.52, ratio 1.014. Each of three realistic mistakes in the sampled path, planted by hand in the
+library and run here, failed (per-row / shared ratio):
 
 1. log-Q not subtracted: the `if subtract_log_q:` block of `losses/sampled.py:sampled_logits` deleted, so the
-   logits stay w.h + b. Sampled 18.94, ratio 1.825 (1.84 and 1.86 with the other seeds).
+   shared set's logits stay w.h + b: shared 1.825 (1.84 and 1.86 with the other seeds); the two `- log(expected)`
+   lines of `per_row_logits` deleted: per-row 1.681.
 2. the sampler's key ignores the step: `samplers.py:Sampler._key` returning (seed, 0) instead of (seed, step),
-   so every step draws the same candidates. Sampled 13462, ratio 1297.
+   so every step draws the same candidates: per-row 1347, shared 1297.
 3. the label's column dropped from the normaliser: `sampled.py:label_first_losses` returning
-   logsumexp(logits[:, 1:]) - logits[:, 0]. Sampled 185.6, ratio 17.9.
+   logsumexp(logits[:, 1:]) - logits[:, 0]: per-row 291, shared 17.9.
 
 The bound 1.4 sits near the geometric middle of 1.08 (correct) and 1.83 (the closest mistake). Other candidate
 counts, measured at 400 steps (full 10.65): with 10 the correct code gives 1.62 (mistake 1: 2.47), too close to any
