@@ -4,6 +4,7 @@ start that leaves the run dir as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -164,3 +165,27 @@ def test_a_failure_before_the_first_checkpoint_leaves_an_old_run_dir_untouched(t
     r = invoke("train", tiny_data_dir, "--run-dir", run, *TINY, "--max-steps", 12, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["resumed_from_step"] == 5
     assert json.loads(r.stdout)["memory"]["total"] > 0
+
+
+def test_auto_candidate_sets_fall_back_to_one_shared_set_when_per_row_sets_do_not_fit():
+    """`--candidate-sets auto` resolves to per-row sets for sampled softmax; when their plan does not fit and one
+    shared set's does, the run takes the shared set and says so; an explicit `row`, or nothing fitting, is kept
+    (and refused by the memory check as before)."""
+    from lmcli.train.run import affordable
+
+    base = RunConfig(model=ModelConfig(vocab_size=50_000, embedding_dim=512, hidden=512),
+                     loss=LossConfig(name="sampled", num_sampled=4096), train=TrainConfig()).resolved()
+    assert base.loss.candidate_sets == "row"
+    needs = {s: memory.estimate(dataclasses.replace(base, loss=dataclasses.replace(base.loss, candidate_sets=s)))
+             .total for s in ("row", "batch")}
+    assert needs["row"] > needs["batch"]
+
+    def plan_fn(available):
+        return lambda cfg: memory.estimate(cfg, available=available)
+
+    between = (needs["row"] + needs["batch"]) // 2
+    cfg, plan, note = affordable(base, True, plan_fn(between))
+    assert cfg.loss.candidate_sets == "batch" and memory.fits(plan) and "one set shared" in note
+    assert affordable(base, False, plan_fn(between))[0].loss.candidate_sets == "row"  # asked for explicitly
+    assert affordable(base, True, plan_fn(needs["batch"] - 1))[0].loss.candidate_sets == "row"  # neither fits
+    assert affordable(base, True, plan_fn(needs["row"]))[2] == ""  # row fits: kept

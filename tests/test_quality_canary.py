@@ -5,8 +5,9 @@ of its 4 successors 90% of the time, by a Zipf draw otherwise: the chain's own p
 aside) is prepared with a `word` tokenizer, and the same tiny LSTM (E 32, H 64, batch 16 x 20, lr 0.01, seed 5) is
 trained 600 steps with `--loss full` and with `--loss sampled` (20 unigram candidates, about 7% of V), with the
 default per-row candidate sets and with one set shared by the batch. All are scored on the test split by the full
-softmax, as `lmcli eval` scores them, and each ratio sampled / full of their perplexities must be below RATIO_BOUND. The training runs in a subprocess because it turns on TensorFlow's op
-determinism, which is process-global: two runs give the same numbers to the last digit.
+softmax, as `lmcli eval` scores them, and each ratio sampled / full of their perplexities must be below
+RATIO_BOUND. The training runs in a subprocess because it turns on TensorFlow's op determinism, which is
+process-global: two runs give the same numbers to the last digit.
 
 Measured (CPU, TF 2.21): full 10.38; shared set 11.16, ratio 1.076 (other data and training seeds: 1.06 and 1.08);
 per-row sets 10.52, ratio 1.014. Each of three realistic mistakes in the sampled path, planted by hand in the
