@@ -32,8 +32,9 @@ More tables (--tables, comma-separated; the default is `baseline`):
   terms      (`make bench-terms`) the full softmax with no term and with each loss term or regulariser, on
              WikiText-2 valid -> test with a --vocab-size tokenizer, 4 epochs, seed 1; about 10 minutes
 
-Needs ../shared/corpora (not part of this repo); the project's tests never do. The default run takes about
-21 minutes on 2 cores, `long` adds about 30.
+Needs ../shared/corpora (not part of this repo); the project's tests never do. The default run took 24.4 minutes
+on 2 cores that other jobs were also using (load average 3 to 4), each seed about a third of it; `long` took
+61 minutes more, with a second benchmark and other jobs on the same cores.
 
     python bench/quality.py [--record] [--tables baseline,long,reference,terms] [--baseline FILE] [--json]
 """
