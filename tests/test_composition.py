@@ -108,8 +108,8 @@ def lmcli(*args, mode=None, at=0):
 # 5); per-row sets train differently and decay at other epochs.
 ALL_ON = ["--embedding-dim", 8, "--hidden", 16, "--batch-size", 8, "--seq-len", 6, "--lr", 0.1, "--dropout", 0.1,
           "--epochs", 6, "--seed", 5, "--checkpoint-every", 7, "--log-every", 5, "--quiet", "--loss", "sampled",
-          "--num-sampled", 5, "--candidate-sets", "batch", "--aux-loss", "embedding", "--aux-loss", "tar", "--variational-embedding",
-          "--embedding-dropout", 0.2, "--lr-schedule", "plateau", "--lr-decay", 2]
+          "--num-sampled", 5, "--candidate-sets", "batch", "--aux-loss", "embedding", "--aux-loss", "tar",
+          "--variational-embedding", "--embedding-dropout", 0.2, "--lr-schedule", "plateau", "--lr-decay", 2]
 
 
 def test_sigkill_and_resume_with_terms_a_variational_embedding_and_plateau(tiny_data_dir, tmp_path):
