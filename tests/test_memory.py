@@ -31,7 +31,7 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}  # the lock records its holder
 
 
-BAND = (0.90, 1.20)  # measured growth over the runtime / the plan's, as the README states
+BAND = (0.85, 1.25)  # measured growth over the runtime / the plan's, as the README states
 
 
 @pytest.mark.parametrize("cfg", [
@@ -74,7 +74,7 @@ PEAK_CONFIGS = [  # loss, V, steps, replicas, precision, E = H, batch, optimizer
 def test_the_estimate_is_within_the_stated_band_of_measured_peaks():
     """Three runs of lmcli's training step, each in a fresh process (bench/scale.py's child): one device with
     sampled and with full softmax, and two replicas on logical CPU devices. In each, the peak RSS above the
-    process's RSS before the run is built (TensorFlow's runtime) is 90% to 120% of the plan's parameters, slots and
+    process's RSS before the run is built (TensorFlow's runtime) is 85% to 125% of the plan's parameters, slots and
     steps (`MemoryPlan.training` less its runtime), and that runtime is within the plan's runtime figure."""
     import sys
     from concurrent.futures import ThreadPoolExecutor
