@@ -232,3 +232,16 @@ def test_per_row_draws_cost_the_same_at_any_vocabulary_size():
 def test_tapas_refuses_per_row_sets():
     with pytest.raises(ConfigError, match="--candidate-sets row is for --loss sampled"):
         LossConfig(name="tapas", num_sampled=4, num_resampled=2, candidate_sets="row").validate(50)
+
+
+def test_a_runs_unigram_sampler_never_draws_the_data_dirs_padding_and_start_ids():
+    """The CLI's step tells the sampler which ids are never labels (<pad> = 0, <s> = 2): their q is 0."""
+    from lmcli.config import ModelConfig, RunConfig
+    from lmcli.train.distribution import make_cluster
+    from lmcli.train.step import build_training_step
+
+    cfg = RunConfig(model=ModelConfig(vocab_size=30, embedding_dim=4, hidden=4),
+                    loss=LossConfig(name="sampled", num_sampled=5)).resolved()
+    built = build_training_step(cfg, make_cluster("none", ""), np.full(30, 7), 10, 100)
+    log_q = built.objective.ctx.sampler.log_q.numpy()
+    assert np.isneginf(log_q[[0, 2]]).all() and np.isfinite(np.delete(log_q, [0, 2])).all()
