@@ -1,6 +1,6 @@
 """Scale: sampled softmax as the vocabulary grows, on one device and on two replicas (tokens/s and peak memory).
 
-    python bench/scale.py [--vocabs 32000,200000,800000] [--steps 10] [--json]
+    python bench/scale.py [--vocabs 32000,200000,800000] [--steps 10] [--intra-op-threads N] [--json]
 
 E = H = 512, batch 32 x 35 (the global batch), Zipf-distributed ids, lmcli's own training step
 (`lmcli.train.step.build_training_step`, the optimizer lmcli picks: lazy-adam for sampled, adam for full). Each
@@ -29,13 +29,17 @@ GB = 1e9
 
 
 def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
-            batch: int = 32, optimizer: str = "auto", device: str = "cpu") -> dict:
+            batch: int = 32, optimizer: str = "auto", device: str = "cpu", threads: int = 0) -> dict:
     """One configuration, in this process (called by the child): tokens/s (best of 2 rounds of `steps`), the
     process's peak RSS (and, on GPUs, the first GPU's allocator peak) and lmcli's memory estimate for it.
-    `device` cpu: replicas are logical CPU devices; gpu: replicas are the first `replicas` GPUs."""
+    `device` cpu: replicas are logical CPU devices; gpu: replicas are the first `replicas` GPUs. `threads`: the
+    intra-op thread count (`lmcli train --intra-op-threads`; 0 = TensorFlow's choice)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, os.path.join(HERE, ".."))
+    from lmcli.runtime.tfsetup import set_intra_op_threads
     from lmcli.train.distribution import configure_cpu_devices, make_cluster
+
+    set_intra_op_threads(threads)
 
     devices = ",".join(f"{device}:{i}" for i in range(replicas))
     configure_cpu_devices(devices)
@@ -79,7 +83,7 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
     steps_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] if device == "cpu" else None
     tensors_peak = max(whole_peak, steps_peak) if device == "cpu" else None
     return {"loss": loss, "vocab": vocab, "replicas": replicas, "precision": precision, "dim": dim, "batch": batch,
-            "optimizer": cfg.train.optimizer, "device": device, "tokens_per_s": best,
+            "optimizer": cfg.train.optimizer, "device": device, "threads": threads, "tokens_per_s": best,
             "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu_peak_bytes": gpu_peak,
             "tensors_peak_bytes": tensors_peak, "steps_peak_bytes": steps_peak, "baseline_bytes": baseline,
             "parameters_and_slots": plan.parameters + plan.optimizer_slots, "estimate": plan.training}
@@ -99,9 +103,10 @@ def _clean_env() -> dict:
 
 
 def child(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str = "float32", dim: int = 512,
-          batch: int = 32, optimizer: str = "auto", device: str = "cpu", timeout: float = 900) -> dict:
+          batch: int = 32, optimizer: str = "auto", device: str = "cpu", timeout: float = 900,
+          threads: int = 0) -> dict:
     """`measure` in a fresh process; {"error": ...} when that process fails (out of memory, say) or times out."""
-    args = [loss, vocab, steps, replicas, precision, dim, batch, optimizer, device]
+    args = [loss, vocab, steps, replicas, precision, dim, batch, optimizer, device, threads]
     try:
         out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
                              timeout=timeout, env=_clean_env())
@@ -152,25 +157,31 @@ def main() -> None:
     p.add_argument("--vocabs", default="32000,200000,800000")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", nargs=9, help=argparse.SUPPRESS)
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="threads one op may use (lmcli train --intra-op-threads); 0 = TensorFlow's choice")
+    p.add_argument("--child", nargs=10, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        loss, vocab, steps, replicas, precision, dim, batch, optimizer, device = a.child
+        loss, vocab, steps, replicas, precision, dim, batch, optimizer, device, threads = a.child
         print(json.dumps(measure(loss, int(vocab), int(steps), int(replicas), precision, int(dim), int(batch),
-                                 optimizer, device)))
+                                 optimizer, device, int(threads))))
         return
     print("sampled softmax (2048 candidates), E = H = 512, global batch 32 x 35, lazy-adam; one process each; "
-          "2 replicas = 2 logical CPU devices on the same 2 cores", flush=True)
+          "2 replicas = 2 logical CPU devices on the same 2 cores; intra-op threads: "
+          f"{a.intra_op_threads or 'one per core (TensorFlow default)'}", flush=True)
     print("GB: peak RSS; p+s: one copy of parameters and slots; over: peak RSS - copies x p+s; t-over: the same from "
           "the peak of TensorFlow's CPU allocator (live tensors and variables, no runtime, no allocator cache); est: "
           "lmcli's memory plan for the training steps", flush=True)
     print(f"{'V':>8} {'1r tok/s':>9} {'1r GB':>7} {'2r tok/s':>9} {'2r GB':>7} {'2r/1r':>6} {'p+s GB':>8} "
           f"{'over 1r':>7} {'over 2r':>7} {'t-over1':>7} {'t-over2':>7} {'est 1r':>7} {'est 2r':>7}", flush=True)
+    def pair(loss: str, vocab: int) -> tuple[dict, dict]:
+        return tuple(child(loss, vocab, a.steps, r, threads=a.intra_op_threads) for r in (1, 2))
+
     rows = []
     for vocab in [int(v) for v in a.vocabs.split(",")]:
-        rows.append((child("sampled", vocab, a.steps, 1), child("sampled", vocab, a.steps, 2)))
+        rows.append(pair("sampled", vocab))
         print(_row(vocab, *rows[-1]), flush=True)
-    floor = (child("full", 1000, a.steps, 1), child("full", 1000, a.steps, 2))
+    floor = pair("full", 1000)
     print(_row(1000, *floor) + "   <- the backbone alone (full softmax, V = 1000: the output layer is negligible)",
           flush=True)
     print("\nissue 15 targets:")
@@ -184,7 +195,7 @@ def main() -> None:
         print(f"  the backbone alone: 2 replicas / 1 replica = {base:.2f}; 2-replica overhead - one-device overhead = "
               f"{extra / GB:.2f} GB (what no output layer can remove: each replica streams the LSTM weights for "
               f"half the rows, and holds its LSTM loop's in-flight gradients)")
-    full = (child("full", 32000, a.steps, 1), child("full", 32000, a.steps, 2))
+    full = pair("full", 32000)
     if "error" not in full[0] and "error" not in full[1]:
         print(f"\nfull softmax, V = 32000: 1 replica {full[0]['tokens_per_s']:.0f} tokens/s, 2 replicas "
               f"{full[1]['tokens_per_s']:.0f} ({full[1]['tokens_per_s'] / full[0]['tokens_per_s']:.2f}x)")

@@ -142,3 +142,26 @@ def test_nan_loss_stops_with_its_code_and_keeps_the_last_good_checkpoint(data_di
     monkeypatch.setitem(losses.STRATEGIES, "full", full)
     r = CliRunner().invoke(app, ["train", str(data_dir), "--run-dir", str(run), *TRAIN, "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["resumed_from_step"] == 4
+
+
+def test_intra_op_threads_reach_tensorflow_and_change_no_result(data_dir, tmp_path):
+    """`--intra-op-threads 1` is set before TensorFlow's first op: train reports the runtime's own count (0 = its
+    default), and the weights are one-per-core's to float rounding. A negative count is refused, exit 4."""
+    short = [a if a != "26" else "8" for a in TRAIN]  # --max-steps 8
+    runs = {}
+    for threads in (0, 1):
+        run = tmp_path / f"t{threads}"
+        r = lmcli("train", data_dir, "--run-dir", run, "--loss", "sampled", "--num-sampled", "5",
+                  "--intra-op-threads", threads, "--json", *short)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["intra_op_threads"] == threads
+        runs[threads] = final_weights(run)
+    assert runs[0][0] == runs[1][0] == 8
+    for x, y in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
+    r = lmcli("eval", tmp_path / "t1", "--intra-op-threads", 1, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["perplexity"] > 1, r.stderr
+    bad = lmcli("train", data_dir, "--run-dir", tmp_path / "bad", "--intra-op-threads", -1, *short)
+    assert bad.returncode == 4 and bad.stderr.strip().splitlines() == [
+        "lmcli: error: --intra-op-threads must be >= 0, got -1"], bad.stderr
+    assert not (tmp_path / "bad").exists()

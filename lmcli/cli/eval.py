@@ -15,6 +15,7 @@ from lmcli.cli.options import (
     JsonOpt,
     ModelArg,
     QuietOpt,
+    ThreadsOpt,
     choices,
     emit_json,
     print_table,
@@ -48,6 +49,7 @@ def evaluate(
     encoding_errors: Annotated[str, typer.Option(help="--text: invalid UTF-8 stops, or becomes U+FFFD.",
                                                  **choices(ENCODING_ERRORS))] = E.encoding_errors,
     config: ConfigOpt = None,
+    intra_op_threads: ThreadsOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -68,4 +70,5 @@ def evaluate(
 
 # Each option above sets EvalConfig's field of its name; the source, output file and checkpoint are extras.
 EVAL = bind(evaluate, {"eval": EvalConfig},
-            extras=("ctx", "model", "text", "per_line", "checkpoint", "config", "json_out", "quiet"))
+            extras=("ctx", "model", "text", "per_line", "checkpoint",
+                    "config", "intra_op_threads", "json_out", "quiet"))

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmcli.cli.binding import bind, given, overrides
-from lmcli.cli.options import CheckpointOpt, ConfigOpt, JsonOpt, ModelArg, QuietOpt, emit_json
+from lmcli.cli.options import CheckpointOpt, ConfigOpt, JsonOpt, ModelArg, QuietOpt, ThreadsOpt, emit_json
 from lmcli.config import GenerateConfig
 
 G = GenerateConfig()
@@ -33,6 +33,7 @@ def generate(
                                                       "it is not printed.", show_default=False)] = None,
     checkpoint: CheckpointOpt = "best",
     config: ConfigOpt = None,
+    intra_op_threads: ThreadsOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -75,4 +76,5 @@ def generate(
 
 # Each option above sets GenerateConfig's field of its name.
 GENERATE = bind(generate, {"generate": GenerateConfig},
-                extras=("ctx", "model", "prompt", "prompts", "stop", "checkpoint", "config", "json_out", "quiet"))
+                extras=("ctx", "model", "prompt", "prompts", "stop", "checkpoint",
+                        "config", "intra_op_threads", "json_out", "quiet"))

@@ -14,8 +14,8 @@ from typer._click import exceptions as click_exc  # typer vendors click (pinned 
 from typer.core import TyperGroup
 
 from lmcli import __version__
-from lmcli.runtime.errors import LmcliError
-from lmcli.runtime.tfsetup import import_tensorflow
+from lmcli.runtime.errors import ConfigError, LmcliError
+from lmcli.runtime.tfsetup import import_tensorflow, set_intra_op_threads
 
 _verbose = {"on": False}
 
@@ -90,11 +90,20 @@ def guarded(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if fn.__name__ != "prepare":
-            setup = (lambda: _prepare_devices(kwargs)) if fn.__name__ == "train" else None
-            import_tensorflow(quiet=not _verbose["on"], setup=setup)
+            threads = kwargs.get("intra_op_threads") or 0
+            if threads < 0:
+                raise ConfigError(f"--intra-op-threads must be >= 0, got {threads}")
+            import_tensorflow(quiet=not _verbose["on"], setup=lambda: _prepare_runtime(fn.__name__, kwargs))
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _prepare_runtime(command: str, options: dict) -> None:
+    """Before TensorFlow runs an op: its CPU threads, and for `train` its devices."""
+    set_intra_op_threads(options.get("intra_op_threads") or 0)
+    if command == "train":
+        _prepare_devices(options)
 
 
 def _prepare_devices(options: dict) -> None:

@@ -8,7 +8,16 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lmcli.cli.binding import bind, given, overrides
-from lmcli.cli.options import ConfigOpt, JsonOpt, QuietOpt, choices, emit_json, print_table, progress_for
+from lmcli.cli.options import (
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    ThreadsOpt,
+    choices,
+    emit_json,
+    print_table,
+    progress_for,
+)
 from lmcli.config import (
     AUX_DISTANCES,
     AUX_LOSSES,
@@ -163,6 +172,7 @@ def train(
     restart: Annotated[bool, typer.Option("--restart", help="Discard the run dir's checkpoints and start over.",
                                           rich_help_panel=RUN)] = False,
     config: ConfigOpt = None,
+    intra_op_threads: ThreadsOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -187,4 +197,5 @@ def train(
 
 # Each option above sets the run config's field of its name; --loss sets loss.name; V comes from the data dir.
 TRAIN = bind(train, SECTIONS, aliases={("loss", "name"): "loss"}, internal=(("model", "vocab_size"),),
-             extras=("ctx", "data_dir", "run_dir", "export_on_finish", "restart", "config", "json_out", "quiet"))
+             extras=("ctx", "data_dir", "run_dir", "export_on_finish", "restart",
+                     "config", "intra_op_threads", "json_out", "quiet"))

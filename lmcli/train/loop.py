@@ -24,6 +24,7 @@ from lmcli.runtime.progress import Progress
 from lmcli.runtime.rundir import PendingRunDir
 from lmcli.runtime.runlog import MetricsLog, Pending, Window
 from lmcli.runtime.signals import StopRequests
+from lmcli.runtime.tfsetup import intra_op_threads
 from lmcli.train.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
 from lmcli.train.distribution import Cluster, replica_feeds
 from lmcli.train.nan_causes import non_finite_message
@@ -138,7 +139,9 @@ class Trainer:
         self.tokens_run, self.train_ppl, self.stop_seen = 0.0, float("nan"), False
         if self.step:
             self.progress.log(f"resuming {self.paths.root} at step {self.step} (epoch {epoch + 1}, batch {first})")
-        self.progress.log(f"distribution: {self.cluster.describe()}")
+        threads = intra_op_threads()
+        self.progress.log(f"distribution: {self.cluster.describe()}; intra-op threads: "
+                          f"{threads or 'one per core (TensorFlow default)'}")
         valid_ppl, limit = None, cfg.train.max_steps or float("inf")
         while epoch < cfg.train.epochs and self.step < limit:
             if self._epoch(epoch, first, stops, limit):  # the whole epoch: validate, then "next epoch, batch 0"
@@ -157,7 +160,8 @@ class Trainer:
                 "tokens_trained": int(self.tokens_run), "seconds": seconds,
                 "tokens_per_s": self.tokens_run / seconds if seconds else 0.0, "loss": cfg.loss.name,
                 "lstm_kernel": self.kernel, "terms": list(cfg.term_names), "distribute": self.cluster.kind,
-                "replicas": self.cluster.replicas, "workers": self.cluster.workers, "worker": self.cluster.worker}
+                "replicas": self.cluster.replicas, "workers": self.cluster.workers, "worker": self.cluster.worker,
+                "intra_op_threads": threads}
 
     def _zero(self):
         return self.model.zero_state(self.cfg.data.batch_size) if self.carries_state else None
