@@ -157,8 +157,8 @@ class SparseLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     """The optimizer named by `cfg.optimizer` (wrapped in dynamic loss scaling for mixed-float16). Clipping is
-    done by the model, on the global norm."""
-    optimizer = no_reduce(_base_optimizer(cfg))
+    done by the model, on the global norm; `SoftmaxModel.compile` makes it apply gradients as given (`no_reduce`)."""
+    optimizer = _base_optimizer(cfg)
     return SparseLossScaleOptimizer(optimizer) if cfg.precision == "mixed-float16" else optimizer
 
 
