@@ -189,3 +189,31 @@ def test_auto_candidate_sets_fall_back_to_one_shared_set_when_per_row_sets_do_no
     assert affordable(base, False, plan_fn(between))[0].loss.candidate_sets == "row"  # asked for explicitly
     assert affordable(base, True, plan_fn(needs["batch"] - 1))[0].loss.candidate_sets == "row"  # neither fits
     assert affordable(base, True, plan_fn(needs["row"]))[2] == ""  # row fits: kept
+
+
+@pytest.mark.parametrize("asked", ["auto", "row"])
+def test_a_run_whose_per_row_sets_do_not_fit_trains_with_one_shared_set_only_when_left_to_auto(
+        tiny_data_dir, tmp_path, monkeypatch, asked):
+    """The run itself, with the host's memory set between the shared set's plan and the per-row sets': `auto` (the
+    default) trains with one shared set (the per-row plan would be refused) and saves it; an explicit `row` is
+    refused before anything is written (exit 9)."""
+    from lmcli.data.shards import open_data_dir
+    from lmcli.train.checkpoints import RunPaths
+    from lmcli.train.run import resolve_config
+
+    loss = ["--loss", "sampled", "--num-sampled", "8"]
+    given = {"model": {"embedding_dim": 8, "hidden": 16}, "data": {"batch_size": 4, "seq_len": 6},
+             "loss": {"name": "sampled", "num_sampled": 8}}
+    cfg, _ = resolve_config(open_data_dir(tiny_data_dir), RunPaths(tmp_path / "probe"), given, False)
+    needs = {s: memory.plan_for(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, candidate_sets=s)), 1,
+                                []).total for s in ("row", "batch")}
+    assert needs["row"] > needs["batch"]
+    monkeypatch.setattr(memory, "available_bytes", lambda: (needs["row"] + needs["batch"]) // 2)
+    run = tmp_path / asked
+    result = invoke("train", tiny_data_dir, "--run-dir", run, *TINY, *loss, "--candidate-sets", asked,
+                    "--max-steps", "2", "--json")
+    if asked == "row":
+        assert result.exit_code == 9 and not run.exists(), result.output
+        return
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["loss"]["candidate_sets"] == "batch"
