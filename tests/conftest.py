@@ -121,6 +121,8 @@ SLOW = frozenset({
     "test_each_term_with_each_strategy_lowers_validation_perplexity",
     "test_each_strategy_lowers_full_softmax_validation_perplexity",
     "test_the_distributed_step_costs_the_same_memory_at_two_vocabulary_sizes",
+    "test_the_first_distributed_step_costs_the_same_memory_at_two_vocabulary_sizes",
+    "test_a_resumed_two_replica_run_gives_the_uninterrupted_weights",
     "test_the_distributed_sampled_step_builds_no_dense_vocabulary_matrix",
     "test_a_failure_before_the_first_checkpoint_leaves_an_old_run_dir_untouched",
     "test_intra_op_threads_reach_tensorflow_and_change_no_result",

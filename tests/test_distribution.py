@@ -111,3 +111,57 @@ def test_tapas_scores_and_counts_are_global_under_a_strategy():
     counts = [c.numpy() for c in sampler.counts.values]
     np.testing.assert_array_equal(counts[0], counts[1])
     np.testing.assert_array_equal(counts[0], [1, 3, 1, 1, 3, 1])  # ones + labels 1, 1 (replica 0) and 4, 4
+
+
+def test_each_replica_copy_of_a_variable_has_a_buffer_of_its_own_and_the_same_values():
+    """Under `variable_scope` the copy on cpu:1 is made in its own buffer (the allocator holds two copies right
+    after creation), not in the primary's (one copy, shared until the first step's copy-on-write), and holds the
+    primary's values."""
+    from lmcli.train.distribution import make_cluster, variable_scope
+
+    cluster = make_cluster("mirrored", "cpu:0,cpu:1")
+    shape = (1000, 250)  # 1 MB
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    with variable_scope(cluster):
+        w = tf.Variable(tf.random.uniform(shape))
+    held = tf.config.experimental.get_memory_info("CPU:0")["current"] - before
+    assert held >= 1.9 * np.prod(shape) * 4, held
+    a, b = (c.numpy() for c in cluster.strategy.experimental_local_results(w))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_after_a_restore_each_replica_copy_has_a_buffer_of_its_own_again(tmp_path):
+    """A checkpoint restore assigns one tensor to both copies (they share it again); `own_buffers`, which a
+    resumed run calls after its restore, gives the second its own, with the same values."""
+    from lmcli.train.distribution import make_cluster, own_buffers, variable_scope
+
+    cluster = make_cluster("mirrored", "cpu:0,cpu:1")
+    shape = (1000, 250)
+    with variable_scope(cluster):
+        w = tf.Variable(tf.random.uniform(shape))
+    checkpoint = tf.train.Checkpoint(w=w)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    checkpoint.restore(path)
+    own_buffers(cluster.strategy, [w])
+    after = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    assert after - before > -0.1 * np.prod(shape) * 4, (before, after)  # still two copies, not one
+    a, b = (c.numpy() for c in cluster.strategy.experimental_local_results(w))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_two_replica_run_gives_the_uninterrupted_weights(tiny_data_dir, tmp_path, monkeypatch):
+    """Resuming under mirrored gives the replicas' copies their own buffers again (`own_buffers`, after the
+    restore), with the checkpoint's values: the same weights as the uninterrupted run."""
+    from lmcli.train import loop
+
+    calls = []
+    real = loop.own_buffers
+    monkeypatch.setattr(loop, "own_buffers", lambda *a: (calls.append(len(a[1])), real(*a)))
+    full = train(tiny_data_dir, tmp_path / "a", options("sampled", "pack", **MIRRORED), progress=Progress())
+    train(tiny_data_dir, tmp_path / "b", options("sampled", "pack", **MIRRORED, max_steps=3), progress=Progress())
+    resumed = train(tiny_data_dir, tmp_path / "b", options("sampled", "pack", **MIRRORED), progress=Progress())
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == full["steps"] and len(calls) == 1, calls
+    a, b = load_model(tmp_path / "a", "latest")[0], load_model(tmp_path / "b", "latest")[0]
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=0, atol=1e-6)

@@ -26,7 +26,7 @@ from lmcli.runtime.runlog import MetricsLog, Pending, Window
 from lmcli.runtime.signals import StopRequests
 from lmcli.runtime.tfsetup import intra_op_threads
 from lmcli.train.checkpoints import RunPaths, TrainingState, managers, save_checkpoint, short_error
-from lmcli.train.distribution import Cluster, replica_feeds
+from lmcli.train.distribution import Cluster, own_buffers, replica_feeds
 from lmcli.train.nan_causes import non_finite_message
 from lmcli.train.schedules import learning_rate, plateau_decays
 from lmcli.train.step import build_training_step
@@ -80,6 +80,7 @@ class Trainer:
                 self.progress.log(f"warning: skipping checkpoint {prefix}: cannot read it: {why}")
                 newest = newest or f"{Path(prefix).name}: {why}"
                 continue
+            own_buffers(self.cluster.strategy, [*self.model.weights, *self.optimizer.variables])
             self.step = self.last_saved = int(self.state.step.numpy())
             return self.step
         if readable.checkpoints:

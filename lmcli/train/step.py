@@ -13,7 +13,7 @@ import numpy as np
 from lmcli.config import RunConfig
 from lmcli.data.tokenizer import BOS_ID, PAD_ID
 from lmcli.model import LanguageModel, build_model
-from lmcli.train.distribution import Cluster, make_step
+from lmcli.train.distribution import Cluster, make_step, variable_scope
 from lmcli.train.objective import Objective
 from lmcli.train.optim import make_optimizer
 
@@ -36,7 +36,7 @@ def build_training_step(cfg: RunConfig, cluster: Cluster, unigram_counts: Option
     """Seed, build the model and the optimizer's slots under `cluster`'s strategy, compile the objective in, and
     wrap `train_step` in the distributed step. `cfg` must be resolved (`RunConfig.resolved`)."""
     keras.utils.set_random_seed(cfg.train.seed)
-    with cluster.strategy.scope():
+    with variable_scope(cluster):
         model = build_model(cfg.model, cfg.train.precision)
         optimizer = make_optimizer(cfg.train)
         optimizer.build(model.trainable_variables)
