@@ -85,6 +85,8 @@ def main() -> None:
     report["terms_speed"] = terms_table(a.steps)
     print(flush=True)
     report["scale"] = run_json("scale.py", "--steps", str(a.steps), echo=True)
+    print(flush=True)
+    report["threads"] = run_json("threads.py", "--steps", str(a.steps), echo=True)
     if os.path.exists(os.path.join(HERE, "generate_speed.py")):
         g = run_json("generate_speed.py")
         report["generate_speed"] = g
