@@ -27,12 +27,14 @@ CASES = {
 }
 
 
-def _step(vocab: int, loss: dict, model: dict, terms: tuple, dim: int = D, emb: int = E, rows: int = 4):
-    """(step function, per-replica feeds) of lmcli's distributed step on 2 logical CPU devices."""
+def _step(vocab: int, loss: dict, model: dict, terms: tuple, dim: int = D, emb: int = E, rows: int = 4,
+          devices: str = "cpu:0,cpu:1"):
+    """(step function, per-replica feeds) of lmcli's distributed step on 2 logical CPU devices (`devices` "": one
+    device, no strategy)."""
     model = {"embedding_dim": emb, "hidden": dim, **model}
     cfg = RunConfig(model=ModelConfig(vocab_size=vocab, **model), loss=LossConfig(**loss),
                     terms=TermsConfig(aux_loss=terms)).resolved()
-    cluster = make_cluster("mirrored", "cpu:0,cpu:1")
+    cluster = make_cluster("mirrored", devices) if devices else make_cluster("none")
     built = build_training_step(cfg, cluster, (1e5 / np.arange(1, vocab + 1)).astype(np.int64), 10, 1000)
     step, net = built.run, built.model
     ids = np.random.default_rng(0).integers(0, vocab, (rows, 9)).astype(np.int32)
@@ -40,15 +42,18 @@ def _step(vocab: int, loss: dict, model: dict, terms: tuple, dim: int = D, emb: 
     return step, (lambda i: replica_feeds(cluster, arrays, net.zero_state(rows), i, 0.0))
 
 
+def _graphs(graph: tf.Graph) -> list[tf.Graph]:
+    """`graph` and the functions it calls (loop bodies, gradients)."""
+    from tensorflow.python.framework import function_def_to_graph
+
+    return [graph] + [function_def_to_graph.function_def_to_graph(f) for f in graph.as_graph_def().library.function]
+
+
 def dense_vocab_tensors(graph: tf.Graph, vocab: int) -> list[str]:
     """Ops of `graph` (and of the functions it calls) whose output has a vocab-sized first axis and a second axis:
     a dense [V, ...] matrix."""
-    from tensorflow.python.framework import function_def_to_graph
-
-    graphs = [graph] + [function_def_to_graph.function_def_to_graph(f)
-                        for f in graph.as_graph_def().library.function]
     found = []
-    for g in graphs:
+    for g in _graphs(graph):
         for op in g.get_operations():
             for out in op.outputs:
                 shape = out.shape
@@ -117,3 +122,21 @@ def test_the_first_distributed_step_costs_the_same_memory_at_two_vocabulary_size
     small, large = _first_step_peak(10_000), _first_step_peak(80_000)
     one_copy = (80_000 - 10_000) * 128 * 4
     assert large - small < one_copy / 2, (small, large)
+
+
+def _loop_iterations(devices: str) -> list[int]:
+    step, feeds = _step(V, *CASES["sampled"], devices=devices)
+    graph = step.get_concrete_function(feeds(0)).graph
+    return [op.get_attr("parallel_iterations") for g in _graphs(graph) for op in g.get_operations()
+            if op.type in ("While", "StatelessWhile")]
+
+
+def test_two_replicas_run_the_lstm_loops_a_few_iterations_at_a_time():
+    """Under 2 replicas of one process every while loop of the step (the LSTM's time loop and its gradient loop)
+    runs `kernel.REPLICA_LOOP_ITERATIONS` iterations at a time, so the replicas' backward loops do not hold up to
+    32 weight gradients each (README: about 0.25 GB at E = H = 512); on one device Keras' 32 stays."""
+    from lmcli.model.kernel import REPLICA_LOOP_ITERATIONS
+
+    two, one = _loop_iterations("cpu:0,cpu:1"), _loop_iterations("")
+    assert len(two) >= 4 and set(two) == {REPLICA_LOOP_ITERATIONS} != {32}, two  # two replicas x forward, gradient
+    assert len(one) >= 2 and set(one) == {32}, one

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from lmcli.config import ModelConfig
 from lmcli.model.embedding import WordEmbedding
+from lmcli.model.kernel import replica_loops
 from lmcli.model.noise import EMBEDDING_DROPOUT, LAYER_DROPOUT, Noise
 from lmcli.model.output import OutputLayer
 from lmcli.model.softmax_model import SoftmaxModel
@@ -118,7 +119,8 @@ class LanguageModel(SoftmaxModel):
         states = []
         for i, lstm in enumerate(self.lstms):
             init = list(initial_state[i]) if initial_state is not None else None
-            raw, h, c = lstm(x, initial_state=init, mask=mask)  # (B, T, H)
+            with replica_loops():
+                raw, h, c = lstm(x, initial_state=init, mask=mask)  # (B, T, H)
             x = drop(raw, LAYER_DROPOUT + i)
             states.append((h, c))
         if self.projection is not None:

@@ -17,12 +17,12 @@ from typing import Optional
 
 from lmcli import losses
 from lmcli.config import RunConfig
+from lmcli.model.kernel import REPLICA_LOOP_ITERATIONS
 from lmcli.runtime.errors import MemoryLimitError  # noqa: F401 (re-exported for callers)
 
 RUNTIME = 750 * 2**20  # TensorFlow, Keras and the compiled step, measured on CPU
 SLOTS = {"adam": 2, "lazy-adam": 2, "adagrad": 1, "sgd": 0}
 DENSIFY = {"adam": 2.0, "adagrad": 1.5}  # per V x (E + D): Keras turns IndexedSlices into dense updates
-IN_FLIGHT = 32  # iterations Keras' LSTM loop runs at once (tf.while_loop parallel_iterations)
 REDUCE = "--batch-size, --seq-len, --num-sampled, --proj-dim or --precision mixed-float16 / mixed-bfloat16"
 GB = 1e9
 
@@ -93,15 +93,16 @@ def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None,
 
 
 def _in_flight(cfg: RunConfig, copies: int) -> int:
-    """Replicas sharing the host's cores: each one's LSTM backward loop (Keras runs up to 32 iterations at once)
-    holds the weight gradients of up to 32 time steps before they are summed (measured: about 0.6 GB more for 2
-    replicas at E = H = 512, 2.6 GB at 1024, none for one device)."""
+    """Replicas sharing the host's cores: each one's LSTM backward loop holds the weight gradients of the time steps
+    it runs at once before they are summed: REPLICA_LOOP_ITERATIONS of them (`kernel.replica_loops`; with Keras'
+    32 this was measured at about 0.6 GB more for 2 replicas at E = H = 512, 2.6 GB at 1024; none for one
+    device)."""
     if copies < 2:
         return 0
     m = cfg.model
     weights = sum(4 * m.hidden * ((m.embedding_dim if i == 0 else m.hidden) + m.hidden) for i in range(m.layers))
     steps = cfg.data.seq_len if cfg.data.padding == "pack" else cfg.data.max_len
-    return min(IN_FLIGHT, steps) * weights * 4
+    return min(REPLICA_LOOP_ITERATIONS, steps) * weights * 4
 
 
 def plan_for(cfg: RunConfig, replicas: int, devices: list[str]) -> MemoryPlan:
