@@ -43,9 +43,10 @@ def replica_loops() -> Iterator[None]:
     ahead of their sum, each holding an [E + H, 4H] weight gradient (an LSTM alone, E = H = 512, two replicas:
     270-300 MB at the step's peak; 38 MB with 1, 50-59 MB with 4; 21 MB on one device, 32 or 1). lmcli's sampled
     step on two replicas, 32k: the allocator's overhead 0.08-0.09 GB with 4 against 0.18-0.45 GB with 32 (it
-    varies with the scheduling), at the same speed (A/B pairs: 0.96 to 1.07; 1 was 4-8% slower with one intra-op
-    thread). Keras takes no option for it, so Keras' rnn module sees, for the trace, a `tf` whose while_loop sets
-    it; on one replica, or when the module is not as expected, nothing changes. The cuDNN kernel has no loop."""
+    varies with the scheduling), at about the same speed (A/B pairs: 0.94 to 1.07, 0.99 on average; 1 was 4-8%
+    slower with one intra-op thread). Keras takes no option for it, so Keras' rnn module sees, for the trace, a
+    `tf` whose while_loop sets it; on one replica, or when the module is not as expected, nothing changes. The
+    cuDNN kernel has no loop."""
     if _local_replicas() <= 1 or getattr(keras_rnn, "tf", None) is not tf:
         yield
         return
