@@ -193,8 +193,7 @@ def main() -> None:
         extra = (floor[1]["peak_bytes"] - 2 * floor[0]["parameters_and_slots"]) - (
             floor[0]["peak_bytes"] - floor[0]["parameters_and_slots"])
         print(f"  the backbone alone: 2 replicas / 1 replica = {base:.2f}; 2-replica overhead - one-device overhead = "
-              f"{extra / GB:.2f} GB (what no output layer can remove: each replica streams the LSTM weights for "
-              f"half the rows, and holds its LSTM loop's in-flight gradients)")
+              f"{extra / GB:.2f} GB (the LSTM alone: what no output layer can remove)")
     full = pair("full", 32000)
     if "error" not in full[0] and "error" not in full[1]:
         print(f"\nfull softmax, V = 32000: 1 replica {full[0]['tokens_per_s']:.0f} tokens/s, 2 replicas "
