@@ -21,7 +21,10 @@ from lmcli.config import DataConfig
 CUDNN, GENERIC = "cudnn", "generic"
 REPLICA_LOOP_ITERATIONS = 4  # the generic LSTM loop's parallel iterations under several replicas of one process
 # Keras' module with the generic LSTM's time loop (its package's `rnn` attribute is a function of that name).
-keras_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+try:
+    keras_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+except ImportError:  # another Keras layout: the loops keep Keras' own setting
+    keras_rnn = None
 
 
 def lstm_kernel(data: DataConfig) -> tuple[str, DataConfig]:
