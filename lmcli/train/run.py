@@ -63,6 +63,7 @@ def affordable(cfg: RunConfig, auto_sets: bool, plan_fn) -> tuple[RunConfig, mem
         return cfg, plan, ""
     return shared, shared_plan, "per-row candidate sets do not fit in memory: one set shared by the batch"
 
+
 def train(data_dir: Path, run_dir: Path, overrides: dict[str, dict[str, Any]], restart: bool = False,
           progress: Progress = Progress()) -> dict:
     """Train (or resume) the run in `run_dir` on `data_dir`. Returns a JSON-ready summary.
