@@ -159,8 +159,14 @@ def test_intra_op_threads_reach_tensorflow_and_change_no_result(data_dir, tmp_pa
     assert runs[0][0] == runs[1][0] == 8
     for x, y in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
-    r = lmcli("eval", tmp_path / "t1", "--intra-op-threads", 1, "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["perplexity"] > 1, r.stderr
+    for command in (["eval", tmp_path / "t1"], ["generate", tmp_path / "t1", "--prompt", "the", "--max-tokens", 3]):
+        # the command in a fresh process, then the count TensorFlow runs with
+        script = ("import sys; from lmcli.cli.main import app; app(sys.argv[1:], standalone_mode=False); "
+                  "import tensorflow as tf; print(tf.config.threading.get_intra_op_parallelism_threads())")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(HERE.parent)}
+        r = subprocess.run([sys.executable, "-c", script, *map(str, command), "--intra-op-threads", "1", "--quiet"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "1", (command, r.stdout, r.stderr)
     bad = lmcli("train", data_dir, "--run-dir", tmp_path / "bad", "--intra-op-threads", -1, *short)
     assert bad.returncode == 4 and bad.stderr.strip().splitlines() == [
         "lmcli: error: --intra-op-threads must be >= 0, got -1"], bad.stderr
