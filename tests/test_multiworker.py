@@ -100,6 +100,22 @@ def assert_same(got, want):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+PEER_GONE = "lmcli: error: another worker stopped"  # the first words of both ways a worker learns of it
+
+
+def test_the_watch_on_the_other_workers_says_what_the_collective_error_says():
+    """Whichever notices a dead worker first, TensorFlow's collective error or lmcli's watch on the other workers'
+    servers, the surviving worker exits 10 with one line that starts the same (the killed-worker test below sees
+    either)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", "from lmcli.runtime.watchdog import _exit_with_error; "
+                        "_exit_with_error('127.0.0.1:9')"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 10 and len(lines) == 1 and lines[0].startswith(PEER_GONE), r.stderr
+    assert "127.0.0.1:9" in lines[0] and "rerun every worker to resume" in lines[0]
+
+
 def test_two_workers_train_as_the_mirrored_run_and_the_chief_alone_exports(tiny_data_dir, tmp_path, reference):
     export = tmp_path / "export"
     leftovers = worker_checkpoints()  # a worker SIGKILLed by an earlier run cannot remove its own
@@ -127,7 +143,7 @@ def test_a_killed_worker_ends_the_other_and_sigterm_stops_both_then_both_resume(
     (code, _, stderr), _ = finish(procs)
     assert code == 10 and time.monotonic() - killed_at < 30, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("lmcli: error: another worker stopped") and "rerun every worker to resume" in line
+    assert line.startswith(PEER_GONE) and "rerun every worker to resume" in line
 
     procs = launch(tiny_data_dir, run)  # both again: they resume, and one of them is asked to stop
     wait_for_checkpoint(run, after=first)

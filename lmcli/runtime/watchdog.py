@@ -62,8 +62,9 @@ def _accepts(peer: tuple[str, int]) -> bool:
 
 def _exit_with_error(peer: str) -> None:
     """The main thread is blocked inside a collective: report and leave from here."""
-    message = (f"the worker at {peer} stopped (its server no longer answers); this worker stops too: rerun every "
-               "worker to resume from the last checkpoint")
+    # The same first words as the collective's error (train/run.py), whichever of the two notices first.
+    message = (f"another worker stopped: the worker at {peer} no longer answers; this worker stops too: rerun "
+               "every worker to resume from the last checkpoint")
     sys.stderr.write(f"lmcli: error: {message}\n")
     sys.stderr.flush()
     os._exit(PeerError.exit_code)
