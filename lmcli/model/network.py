@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from lmcli.config import ModelConfig
 from lmcli.model.embedding import WordEmbedding
-from lmcli.model.kernel import replica_loops
+from lmcli.model.lstm import LSTM
 from lmcli.model.noise import EMBEDDING_DROPOUT, LAYER_DROPOUT, Noise
 from lmcli.model.output import OutputLayer
 from lmcli.model.softmax_model import SoftmaxModel
@@ -50,8 +50,8 @@ class LanguageModel(SoftmaxModel):
         self.embedding = WordEmbedding(vocab_size, embedding_dim, embedding_dropout, variational_embedding,
                                        name="embedding")
         for i in range(layers):  # one attribute per layer: a plain list is invisible to tf.train.Checkpoint
-            setattr(self, f"lstm_{i}", keras.layers.LSTM(hidden, return_sequences=True, return_state=True,
-                                                         name=f"lstm_{i}", dtype=half))
+            setattr(self, f"lstm_{i}", LSTM(hidden, return_sequences=True, return_state=True, name=f"lstm_{i}",
+                                            dtype=half))
         self.projection = (keras.layers.Dense(proj_dim, use_bias=False, name="projection", dtype=half)
                            if proj_dim else None)
         self.output_layer = OutputLayer(vocab_size, self.output_dim, tied=tie_embeddings, name="output")
@@ -119,8 +119,7 @@ class LanguageModel(SoftmaxModel):
         states = []
         for i, lstm in enumerate(self.lstms):
             init = list(initial_state[i]) if initial_state is not None else None
-            with replica_loops():
-                raw, h, c = lstm(x, initial_state=init, mask=mask)  # (B, T, H)
+            raw, h, c = lstm(x, initial_state=init, mask=mask)  # (B, T, H)
             x = drop(raw, LAYER_DROPOUT + i)
             states.append((h, c))
         if self.projection is not None:

@@ -17,7 +17,6 @@ from typing import Optional
 
 from lmcli import losses
 from lmcli.config import RunConfig
-from lmcli.model.kernel import REPLICA_LOOP_ITERATIONS
 from lmcli.runtime.errors import MemoryLimitError  # noqa: F401 (re-exported for callers)
 
 RUNTIME = 750 * 2**20  # TensorFlow, Keras and the compiled step, measured on CPU
@@ -85,24 +84,10 @@ def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None,
     densify = DENSIFY.get(cfg.train.optimizer, 0.0) * v * (e + d)  # Keras Adam/Adagrad: dense V x D temporaries
     terms = 4 * n * output.classes if "embedding" in cfg.term_names else 0
     lstm = 12 * n * h * m.layers + 4 * n * (e + d)
-    step = (output.bytes + (densify + terms) * 4 + lstm * (4 if cfg.train.precision == "float32" else 2)
-            + _in_flight(cfg, copies))
+    step = output.bytes + (densify + terms) * 4 + lstm * (4 if cfg.train.precision == "float32" else 2)
     validation = 2 * n * max(replicas, 1) * v * 4  # one device's full-softmax logits of a whole evaluation batch
     return MemoryPlan(params * 4, SLOTS.get(cfg.train.optimizer, 2) * params * 4, step, validation,
                       available=available, copies=copies, where=where)
-
-
-def _in_flight(cfg: RunConfig, copies: int) -> int:
-    """Replicas sharing the host's cores: each one's LSTM backward loop holds the weight gradients of the time steps
-    it runs at once before they are summed: REPLICA_LOOP_ITERATIONS of them (`kernel.replica_loops`; with Keras'
-    32 this was measured at about 0.6 GB more for 2 replicas at E = H = 512, 2.6 GB at 1024; none for one
-    device)."""
-    if copies < 2:
-        return 0
-    m = cfg.model
-    weights = sum(4 * m.hidden * ((m.embedding_dim if i == 0 else m.hidden) + m.hidden) for i in range(m.layers))
-    steps = cfg.data.seq_len if cfg.data.padding == "pack" else cfg.data.max_len
-    return min(REPLICA_LOOP_ITERATIONS, steps) * weights * 4
 
 
 def plan_for(cfg: RunConfig, replicas: int, devices: list[str]) -> MemoryPlan:

@@ -1,0 +1,94 @@
+"""lmcli's LSTM layer (`model/lstm.py`) against Keras' own LSTM with the same weights: outputs, final states and
+every gradient, with and without masks and initial states, eagerly and traced, in float32 and half precision."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lmcli.model.lstm import LSTM
+
+B, T, E, H = 3, 7, 5, 4
+LEFT = np.array([[0, 0, 1, 1, 1, 1, 1], [1] * 7, [0, 1, 1, 1, 1, 1, 1]]) > 0
+RIGHT = np.array([[1, 1, 1, 1, 1, 0, 0], [1] * 7, [1, 1, 1, 0, 0, 0, 0]]) > 0
+MIXED = np.array([[1, 0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 1], [1] * 7]) > 0
+
+
+def _pair(dtype=None, **kwargs):
+    """(Keras' LSTM, lmcli's) with the same random weights (biases too, not only Keras' initial ones)."""
+    rng = np.random.default_rng(0)
+    layers = [cls(H, return_sequences=True, return_state=True, dtype=dtype, **kwargs) for cls in
+              (keras.layers.LSTM, LSTM)]
+    for layer in layers:
+        layer.build((None, None, E))
+    for ref, own in zip(*(layer.weights for layer in layers)):
+        value = rng.normal(0, 0.5, ref.shape).astype(np.float32)
+        ref.assign(value)
+        own.assign(value)
+    return layers
+
+
+def _run(layer, x, mask, state, upstream):
+    """(output, h, c, then the gradients of x, h0, c0 and every weight) of a weighted sum of all three outputs."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, *state])
+        out, h, c = layer(x, initial_state=state or None, mask=mask)
+        loss = sum(tf.reduce_sum(tf.cast(t, tf.float32) * u) for t, u in zip((out, h, c), upstream))
+    grads = tape.gradient(loss, [x, *state, *layer.weights])
+    return [tf.cast(t, tf.float32) for t in (out, h, c, *grads)]
+
+
+def _inputs(seed=1):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(B, T, E)), tf.float32)
+    state = [tf.constant(rng.normal(size=(B, H)), tf.float32) for _ in range(2)]
+    upstream = [tf.constant(rng.normal(size=s), tf.float32) for s in ((B, T, H), (B, H), (B, H))]
+    return x, state, upstream
+
+
+@pytest.mark.parametrize("mask", [None, LEFT, RIGHT, MIXED], ids=["none", "left", "right", "holes"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zero state", "given state"])
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "tf.function"])
+def test_matches_keras_lstm_values_and_gradients(mask, with_state, traced):
+    ref, own = _pair()
+    assert own._own_loop()
+    x, state, upstream = _inputs()
+    state = state if with_state else []
+    run = tf.function(_run, reduce_retracing=True) if traced else _run
+    expected, got = ([t.numpy() for t in run(layer, x, mask, state, upstream)] for layer in (ref, own))
+    assert len(got) == 3 + 1 + len(state) + 3
+    for name, e, g in zip(["out", "h", "c", "dx", *["dstate"] * len(state), "dkernel", "drecurrent", "dbias"],
+                          expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_half_precision_computes_in_half_with_float32_gradients(policy):
+    """Both layers round differently in half precision; they agree to its precision, and lmcli's gradients stay
+    float32 (the variables')."""
+    ref, own = _pair(keras.DTypePolicy(policy))
+    x, state, upstream = _inputs()
+    out, _, _ = own(x, mask=LEFT)
+    assert out.dtype == policy.split("_")[1]
+    expected, got = ([t.numpy() for t in _run(layer, x, LEFT, [], upstream)] for layer in (ref, own))
+    tol = 2e-2 if policy == "mixed_bfloat16" else 3e-3
+    for e, g in zip(expected, got):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, e, rtol=tol, atol=tol * max(1.0, np.abs(e).max()))
+
+
+def test_configurations_it_does_not_compute_fall_back_to_keras():
+    """Layer options outside the fused loop's cell (here: a reversed sequence) run Keras' own loop, same result."""
+    ref, own = _pair(go_backwards=True)
+    assert not own._own_loop()
+    x, state, upstream = _inputs()
+    for e, g in zip(*(_run(layer, x, RIGHT, state, upstream) for layer in (ref, own))):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_serialises_as_lmclis_layer():
+    layer = LSTM(H, return_sequences=True)
+    again = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(again) is LSTM and again.units == H and again.return_sequences
