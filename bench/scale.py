@@ -33,15 +33,16 @@ def measure(loss: str, vocab: int, steps: int, replicas: int = 1, precision: str
     """One configuration, in this process (called by the child): tokens/s (best of 2 rounds of `steps`), the
     process's peak RSS (and, on GPUs, the first GPU's allocator peak) and lmcli's memory estimate for it.
     `device` cpu: replicas are logical CPU devices; gpu: replicas are the first `replicas` GPUs. `threads`: the
-    intra-op thread count (`lmcli train --intra-op-threads`; 0 = TensorFlow's choice)."""
+    intra-op thread count (`lmcli train --intra-op-threads`; 0 = lmcli's default: TensorFlow's choice on one device,
+    the cores divided among several logical CPU devices)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, os.path.join(HERE, ".."))
     from lmcli.runtime.tfsetup import set_intra_op_threads
-    from lmcli.train.distribution import configure_cpu_devices, make_cluster
-
-    set_intra_op_threads(threads)
+    from lmcli.train.distribution import configure_cpu_devices, make_cluster, shared_core_threads
 
     devices = ",".join(f"{device}:{i}" for i in range(replicas))
+    threads = threads or shared_core_threads(devices if replicas > 1 else "")
+    set_intra_op_threads(threads)
     configure_cpu_devices(devices)
     import numpy as np
     import tensorflow as tf
@@ -158,7 +159,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.add_argument("--intra-op-threads", type=int, default=0,
-                   help="threads one op may use (lmcli train --intra-op-threads); 0 = TensorFlow's choice")
+                   help="threads one op may use (lmcli train --intra-op-threads); 0 = lmcli train's default")
     p.add_argument("--child", nargs=10, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -168,7 +169,8 @@ def main() -> None:
         return
     print("sampled softmax (2048 candidates), E = H = 512, global batch 32 x 35, lazy-adam; one process each; "
           "2 replicas = 2 logical CPU devices on the same 2 cores; intra-op threads: "
-          f"{a.intra_op_threads or 'one per core (TensorFlow default)'}", flush=True)
+          f"{a.intra_op_threads or 'lmcli train default (1 replica: one per core; 2 replicas: cores / 2 each)'}",
+          flush=True)
     print("GB: peak RSS; p+s: one copy of parameters and slots; over: peak RSS - copies x p+s; t-over: the same from "
           "the peak of TensorFlow's CPU allocator (live tensors and variables, no runtime, no allocator cache); est: "
           "lmcli's memory plan for the training steps", flush=True)

@@ -165,3 +165,15 @@ def test_a_resumed_two_replica_run_gives_the_uninterrupted_weights(tiny_data_dir
     a, b = load_model(tmp_path / "a", "latest")[0], load_model(tmp_path / "b", "latest")[0]
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_allclose(y.numpy(), x.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("devices, cores, threads", [
+    ("cpu:0,cpu:1", 2, 1), ("cpu:0,cpu:1", 8, 4), ("/cpu:0,/cpu:1,/cpu:2", 8, 2), ("cpu:0,cpu:1,cpu:2", 2, 1),
+    ("", 8, 0), ("cpu:0", 8, 0), ("gpu:0,gpu:1", 8, 0)])
+def test_logical_cpu_replicas_divide_the_cores_between_them(devices, cores, threads):
+    """`--intra-op-threads 0` under several logical CPU devices: the cores divided among them, at least 1; any
+    other layout keeps TensorFlow's choice (0)."""
+    from lmcli.train.distribution import shared_core_threads
+
+    assert shared_core_threads(devices, cores) == threads
+

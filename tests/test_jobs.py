@@ -146,7 +146,8 @@ def test_nan_loss_stops_with_its_code_and_keeps_the_last_good_checkpoint(data_di
 
 def test_intra_op_threads_reach_tensorflow_and_change_no_result(data_dir, tmp_path):
     """`--intra-op-threads 1` is set before TensorFlow's first op: train reports the runtime's own count (0 = its
-    default), and the weights are one-per-core's to float rounding. A negative count is refused, exit 4."""
+    default; on two logical CPU devices, half the cores), and the weights are one-per-core's to float rounding. A
+    negative count is refused, exit 4."""
     short = [a if a != "26" else "8" for a in TRAIN]  # --max-steps 8
     runs = {}
     for threads in (0, 1):
@@ -159,6 +160,11 @@ def test_intra_op_threads_reach_tensorflow_and_change_no_result(data_dir, tmp_pa
     assert runs[0][0] == runs[1][0] == 8
     for x, y in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
+    # two logical CPU devices: 0 divides the cores between them
+    r = lmcli("train", data_dir, "--run-dir", tmp_path / "two", "--loss", "sampled", "--num-sampled", "5",
+              "--distribute", "mirrored", "--devices", "cpu:0,cpu:1", "--json", *short)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["intra_op_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     for command in (["eval", tmp_path / "t1"], ["generate", tmp_path / "t1", "--prompt", "the", "--max-tokens", 3]):
         # the command in a fresh process, then the count TensorFlow runs with
         script = ("import sys; from lmcli.cli.main import app; app(sys.argv[1:], standalone_mode=False); "

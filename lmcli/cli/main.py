@@ -100,8 +100,14 @@ def guarded(fn: Callable) -> Callable:
 
 
 def _prepare_runtime(command: str, options: dict) -> None:
-    """Before TensorFlow runs an op: its CPU threads, and for `train` its devices."""
-    set_intra_op_threads(options.get("intra_op_threads") or 0)
+    """Before TensorFlow runs an op: its CPU threads (for `train` on several logical CPU devices, 0 divides the
+    cores among them), and for `train` its devices."""
+    threads = options.get("intra_op_threads") or 0
+    if command == "train" and not threads:
+        from lmcli.train.distribution import shared_core_threads
+
+        threads = shared_core_threads(options.get("devices") or "")
+    set_intra_op_threads(threads)
     if command == "train":
         _prepare_devices(options)
 

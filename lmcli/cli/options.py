@@ -54,8 +54,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 ThreadsOpt = Annotated[int, typer.Option(
-    "--intra-op-threads", help="Threads one TensorFlow op may use on the CPU; 0 = TensorFlow's choice (one per core). "
-    "On 2 cores, 1 made sampled training 1.4x as fast, the full softmax 0.8x (README).")]
+    "--intra-op-threads", help="Threads one TensorFlow op may use on the CPU; 0 = TensorFlow's choice (one per core), "
+    "or for `train` on several logical CPU devices (--devices cpu:0,cpu:1) the cores divided among them (README).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run dir written by `lmcli train`.", show_default=False)]
 ModelArg = Annotated[Path, typer.Argument(help="A run dir (`lmcli train`) or an export dir (`lmcli export`).",
