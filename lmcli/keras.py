@@ -20,6 +20,7 @@ compiles it exactly so, then runs its own resumable loop over `train_step`.
 - The loss's mean is over real tokens: the mask (the third element of a batch, or `"mask"`) decides what counts.
 - `EpochClock` feeds the fractional epoch to terms weighted by it under `fit`; the step is the optimizer's.
 - `LazyAdam` updates only the rows a sparse gradient touches (sampled and TAPAS gradients of W, b and E).
+- `LSTM` is keras.layers.LSTM whose CPU loop computes the weight gradients after the time loop (the CLI's layer).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lmcli.config import LossConfig, ModelConfig, RunConfig, TermsConfig, TrainC
 from lmcli.losses import STRATEGIES
 from lmcli.model.backbone import BackboneModel
 from lmcli.model.embedding import WordEmbedding as Embedding
+from lmcli.model.lstm import LSTM
 from lmcli.model.network import LanguageModel
 from lmcli.model.output import OutputLayer
 from lmcli.model.softmax_model import SoftmaxModel
@@ -93,5 +95,5 @@ class EpochClock(keras.callbacks.Callback):
         self.model.set_epoch(self.epoch + (batch / steps if steps else 0.0))
 
 
-__all__ = ["STRATEGIES", "BackboneModel", "Embedding", "EpochClock", "LanguageModel", "LazyAdam", "Objective",
+__all__ = ["LSTM", "STRATEGIES", "BackboneModel", "Embedding", "EpochClock", "LanguageModel", "LazyAdam", "Objective",
            "OutputLayer", "SoftmaxModel", "export", "objective"]
