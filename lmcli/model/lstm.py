@@ -1,6 +1,6 @@
 """LSTM: Keras' LSTM layer with a time loop whose gradient keeps the weight gradients out of the loop.
 
-Keras' generic (non-cuDNN) loop runs the whole cell per time step, so its gradient loop adds an [E + H, 4H]
+Keras' generic (non-cuDNN) loop runs the whole cell per time step, so its gradient loop adds an [E, 4H]
 kernel gradient and an [H, 4H] recurrent one into accumulators at every time step: a fixed cost per step and per
 replica, whatever the batch. Under mirrored on devices that share the host's cores each replica pays it for half
 the batch (an LSTM alone, E = H = 512, batch 32 x 35, one intra-op thread, two logical CPU devices: 0.61-0.65 x
