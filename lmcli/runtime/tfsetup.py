@@ -36,10 +36,10 @@ def set_intra_op_threads(threads: int) -> None:
     """Threads one TensorFlow op may use on the CPU (0: TensorFlow's choice, one per core). Call it before the
     runtime starts (`import_tensorflow`'s setup); TensorFlow refuses a change afterwards.
 
-    On a 2-core machine, 1 made lmcli's sampled training step 1.35 to 1.45 times as fast, and the full softmax's at
-    V = 32k 0.8 times (README, Benchmarks): the LSTM's per-time-step ops are small, and splitting each over the
-    cores costs more than it gains, while the inter-op pool still runs independent ops side by side; the full
-    softmax's one large product gains from every core.
+    On a 2-core machine (README, Benchmarks), 1 thread made two mirrored replicas' sampled step 1.49 times as
+    fast (their ops no longer split over cores the other replica is using: `train`'s default there), and on one
+    device changed the sampled step by 0.99-1.00 times and made the full softmax's at V = 32k 0.78 times as fast
+    (its one large product gains from every core).
     """
     import tensorflow as tf
 
