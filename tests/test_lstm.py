@@ -79,9 +79,10 @@ def test_half_precision_computes_in_half_with_float32_gradients(policy):
         np.testing.assert_allclose(g, e, rtol=tol, atol=tol * max(1.0, np.abs(e).max()))
 
 
-def test_configurations_it_does_not_compute_fall_back_to_keras():
-    """Layer options outside the fused loop's cell (here: a reversed sequence) run Keras' own loop, same result."""
-    ref, own = _pair(go_backwards=True)
+@pytest.mark.parametrize("option", [{"go_backwards": True}, {"zero_output_for_mask": True}], ids=str)
+def test_configurations_it_does_not_compute_fall_back_to_keras(option):
+    """Layer options outside lmcli's loop (a reversed sequence, zeros on masked steps) run Keras' own loop."""
+    ref, own = _pair(**option)
     assert not own._own_loop()
     x, state, upstream = _inputs()
     for e, g in zip(*(_run(layer, x, RIGHT, state, upstream) for layer in (ref, own))):

@@ -29,8 +29,8 @@ class LSTM(keras.layers.LSTM):
     """keras.layers.LSTM (same weights, same checkpoints, same maths) whose loop off the GPU is `sequence`.
 
     On a GPU Keras' own choice stays (the cuDNN kernel, which has no per-step weight gradient either); a layer
-    configuration `sequence` does not compute (dropout inside the layer, other activations, no bias, reversed or
-    unrolled) also falls back to Keras' loop."""
+    configuration `sequence` does not compute (dropout inside the layer, other activations, no bias, reversed,
+    unrolled, zero outputs on masked steps) also falls back to Keras' loop."""
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if not self._own_loop():
@@ -44,7 +44,8 @@ class LSTM(keras.layers.LSTM):
         cell, acts = self.cell, keras.activations
         return (not tf.config.list_logical_devices("GPU") and cell.use_bias and not cell.dropout
                 and not cell.recurrent_dropout and not self.go_backwards and not self.unroll
-                and cell.activation is acts.tanh and cell.recurrent_activation is acts.sigmoid)
+                and not self.zero_output_for_mask and cell.activation is acts.tanh
+                and cell.recurrent_activation is acts.sigmoid)
 
 
 def sequence(x: tf.Tensor, kernel, recurrent, bias, h0: tf.Tensor, c0: tf.Tensor, mask=None):
