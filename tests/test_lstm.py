@@ -93,3 +93,22 @@ def test_serialises_as_lmclis_layer():
     layer = LSTM(H, return_sequences=True)
     again = keras.layers.deserialize(keras.layers.serialize(layer))
     assert type(again) is LSTM and again.units == H and again.return_sequences
+
+
+def test_a_backbone_with_it_trains_and_exports_through_lmcli_keras(tmp_path):
+    """`lk.LSTM` in a user's backbone: `fit` trains it (finite losses), and the export (the loop and its custom
+    gradient traced into a SavedModel) reloads without keras and gives the model's log-probabilities to 1e-5."""
+    import lmcli.keras as lk
+
+    vocab = 50
+    backbone = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(vocab, 8),
+                                 lk.LSTM(16, return_sequences=True)])
+    model = lk.BackboneModel(backbone, vocab_size=vocab, dim=16)
+    model.build()
+    model.compile(lk.LazyAdam(1e-2), lk.objective(model, "sampled", unigram_counts=np.ones(vocab, np.int64),
+                                                  num_sampled=10))
+    ids = np.random.default_rng(0).integers(0, vocab, (8, 6)).astype(np.int32)
+    history = model.fit(tf.data.Dataset.from_tensor_slices((ids[:, :-1], ids[:, 1:])).batch(4), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    report = lk.export(model, tmp_path / "export")
+    assert report["verified"] and report["max_abs_diff"] <= 1e-5, report
