@@ -79,6 +79,24 @@ def test_half_precision_computes_in_half_with_float32_gradients(policy):
         np.testing.assert_allclose(g, e, rtol=tol, atol=tol * max(1.0, np.abs(e).max()))
 
 
+def test_last_output_only_matches_keras():
+    """`return_sequences=False` (a backbone's last state as its output): the value and gradients are Keras'."""
+    x, state, _ = _inputs()
+    results = []
+    for layer in _pair():  # the same weights in a layer returning the last output only
+        single = type(layer)(H)
+        single.build((None, None, E))
+        for w, v in zip(single.weights, layer.weights):
+            w.assign(v)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = single(x, mask=RIGHT)
+            loss = tf.reduce_sum(out * tf.range(1.0, H + 1.0))
+        results.append([out.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, *single.weights]))])
+    for e, g in zip(*results):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("option", [{"go_backwards": True}, {"zero_output_for_mask": True}], ids=str)
 def test_configurations_it_does_not_compute_fall_back_to_keras(option):
     """Layer options outside lmcli's loop (a reversed sequence, zeros on masked steps) run Keras' own loop."""
