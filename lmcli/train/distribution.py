@@ -22,10 +22,9 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
+from lmcli.config import DISTRIBUTES
 from lmcli.runtime.errors import ConfigError
 from lmcli.runtime.watchdog import PeerWatch, peers_of
-
-KINDS = ("auto", "none", "mirrored", "multi-worker")
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,8 @@ def make_cluster(kind: str, devices: str = "", timeout: float = 60.0) -> Cluster
     """The Cluster for `--distribute kind --devices devices` (made once per process: TensorFlow allows one
     multi-worker strategy per process, created before other ops)."""
     kind = resolve_kind(kind)
-    if kind not in KINDS:
-        raise ConfigError(f"unknown --distribute '{kind}' (choose from {', '.join(KINDS)})")
+    if kind not in DISTRIBUTES:
+        raise ConfigError(f"unknown --distribute '{kind}' (choose from {', '.join(DISTRIBUTES)})")
     key = (kind, devices)
     if key not in _made:
         _made[key] = _build(kind, parse_devices(devices), timeout)
