@@ -15,8 +15,8 @@ issue 15's targets are checked at the end:
 - memory: the 2-replica peak <= 2 x (parameters + slots) + the one-device overhead, at every V.
 
 `--system-allocator` runs every process with TensorFlow's oneDNN CPU allocator handing all sizes to glibc's malloc
-(`TF_ONEDNN_USE_SYSTEM_ALLOCATOR=true`; by default tensors of 256 KB and more go to its BFC allocator, whose regions
-carry one 8-byte chunk handle per 256 bytes) with glibc kept from returning freed memory to the system between
+(`TF_ONEDNN_USE_SYSTEM_ALLOCATOR=true`; by default all but the smallest go to its BFC allocator, whose regions carry
+one 8-byte chunk handle per 256 bytes) with glibc kept from returning freed memory to the system between
 steps (SYSTEM_MALLOC below). It is a measurement of the alternative, not lmcli's setting; TensorFlow keeps no
 allocator statistics then, so the allocator's columns and target are left out.
 """
