@@ -56,6 +56,23 @@ def test_the_plan_counts_every_replica_copy_and_fits_or_refuses():
         memory.check(memory.estimate(cfg, available=10**6))
 
 
+def test_host_memory_counts_the_allocators_chunk_table_and_a_gpu_does_not():
+    """In host memory every tensor byte costs 1/32 more (the CPU allocator's 8-byte handle per 256 bytes of its
+    regions), each replica's copy included; a GPU's plan has no such term (that table is in the host's memory)."""
+    cfg = RunConfig(model=ModelConfig(vocab_size=50_000, embedding_dim=64, hidden=64),
+                    loss=LossConfig(name="sampled", num_sampled=100), train=TrainConfig(optimizer="lazy-adam"))
+    for copies in (1, 2):
+        host, gpu = memory.estimate(cfg, copies, copies=copies), memory.estimate(cfg, copies, copies=copies,
+                                                                                  where="GPU:0")
+        p, s, t, val = host.parameters, host.optimizer_slots, host.training_step, host.validation
+        tensors = copies * (p + s) + max(copies * t, val)
+        assert (host.allocator, gpu.allocator) == (tensors // 32, 0)
+        assert (host.total, gpu.total) == (memory.RUNTIME + tensors + tensors // 32, memory.RUNTIME + tensors)
+        steps = copies * (p + s + t)
+        assert (host.training, gpu.training) == (memory.RUNTIME + steps + steps // 32, memory.RUNTIME + steps)
+        assert f"allocator {host.allocator / 1e9:.2f}" in host.describe() and "allocator" not in gpu.describe()
+
+
 def test_placement_puts_each_logical_cpu_replica_in_the_host_and_one_copy_on_each_gpu(monkeypatch):
     assert memory.placement(["/job:localhost/replica:0/task:0/device:CPU:0", "/device:CPU:1"]).copies == 2
     assert memory.placement([]).where == "host memory"

@@ -3,10 +3,12 @@ allocated, checked against what the machine has.
 
 The estimate (bytes) is the TensorFlow runtime, plus the parameters, plus the optimizer's slots (Adam: 2 per
 parameter, Adagrad: 1, SGD: 0), plus the larger of one training step's transient tensors and one validation
-batch's. The training-step part was calibrated on this project's 2-core CPU machines (E = H = 512, batch
-32 x 35, peak RSS after 3 steps): full softmax at V = 32k / 100k with adam, lazy-adam and sgd, sampled at
-V = 32k / 100k with lazy-adam, adam and adagrad, TAPAS at 100k: every measured peak was 90% to 97% of the
-estimate (see the README). The output layer's share is the loss strategy's own (`Strategy.memory`).
+batch's, plus, in host memory, the CPU allocator's table for those tensors: TensorFlow's oneDNN allocator keeps
+them in BFC regions with one 8-byte chunk handle per 256 bytes of region, 1/32 more. The training-step part was
+calibrated on this project's 2-core CPU machines (E = H = 512, batch 32 x 35, peak RSS after 3 steps): full
+softmax at V = 32k / 100k with adam, lazy-adam and sgd, sampled at V = 32k / 100k with lazy-adam, adam and
+adagrad, TAPAS at 100k: every measured peak was 90% to 97% of the estimate, before the table was counted (see
+the README). The output layer's share is the loss strategy's own (`Strategy.memory`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ SLOTS = {"adam": 2, "lazy-adam": 2, "adagrad": 1, "sgd": 0}
 DENSIFY = {"adam": 2.0, "adagrad": 1.5}  # per V x (E + D): Keras turns IndexedSlices into dense updates
 REDUCE = "--batch-size, --seq-len, --num-sampled, --proj-dim or --precision mixed-float16 / mixed-bfloat16"
 GB = 1e9
+HOST = "host memory"
+HOST_TABLE = 32  # host tensors per byte of the CPU allocator's chunk-handle table (8 bytes per 256)
 
 
 @dataclass(frozen=True)
@@ -37,29 +41,43 @@ class MemoryPlan:
     runtime: int = RUNTIME
     available: Optional[int] = None
     copies: int = 1  # replicas whose parameters, slots and step share this memory
-    where: str = "host memory"
+    where: str = HOST
 
     @property
     def training(self) -> int:
         """Bytes of the training steps alone (no validation): what a peak measured over steps is compared with."""
-        return self.runtime + self.copies * (self.parameters + self.optimizer_slots + self.training_step)
+        return self.runtime + self._with_table(self.copies * (self.parameters + self.optimizer_slots
+                                                              + self.training_step))
 
     @property
     def total(self) -> int:
         """Bytes this memory needs: each copy's parameters, slots and step (validation runs on one)."""
-        return (self.runtime + self.copies * (self.parameters + self.optimizer_slots)
-                + max(self.copies * self.training_step, self.validation))
+        return self.runtime + self._with_table(self._tensors())
+
+    @property
+    def allocator(self) -> int:
+        """Bytes of the host allocator's chunk-handle table for `total`'s tensors (0 on a GPU, whose table is kept
+        in the host's memory, not the GPU's)."""
+        return self._with_table(self._tensors()) - self._tensors()
+
+    def _tensors(self) -> int:
+        return self.copies * (self.parameters + self.optimizer_slots) + max(self.copies * self.training_step,
+                                                                           self.validation)
+
+    def _with_table(self, tensors: int) -> int:
+        return tensors + (tensors // HOST_TABLE if self.where == HOST else 0)
 
     def describe(self) -> str:
         times = f"{self.copies} x " if self.copies > 1 else ""
         parts = (f"parameters {times}{self.parameters / GB:.2f}, optimizer {times}{self.optimizer_slots / GB:.2f}, "
                  f"training step {times}{self.training_step / GB:.2f}, validation {self.validation / GB:.2f}, "
                  f"runtime {self.runtime / GB:.2f}")
+        parts += f", allocator {self.allocator / GB:.2f}" if self.allocator else ""
         have = f"; {self.available / GB:.1f} GB available in {self.where}" if self.available else ""
         return f"about {self.total / GB:.1f} GB ({parts}){have}"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "total": self.total}
+        return {**asdict(self), "allocator": self.allocator, "total": self.total}
 
 
 def parameter_count(cfg: RunConfig) -> int:
@@ -71,7 +89,7 @@ def parameter_count(cfg: RunConfig) -> int:
 
 
 def estimate(cfg: RunConfig, replicas: int = 1, available: Optional[int] = None, copies: int = 1,
-             where: str = "host memory") -> MemoryPlan:
+             where: str = HOST) -> MemoryPlan:
     """What one memory needs for `cfg` with the global batch split over `replicas`, `copies` of them sharing that
     memory (logical CPU devices share the host's; each GPU holds one). Mixed precision halves the LSTM
     activations; the output layer and the loss stay float32."""
@@ -118,7 +136,7 @@ def placement(devices: list[str]) -> Placement:
         sizes = [limits.get(_short(d)) for d in gpus]
         known = [s for s in sizes if s]
         return Placement(1, min(known) if known else None, ", ".join(_short(d) for d in gpus))
-    return Placement(max(1, len(devices)), available_bytes(), "host memory")
+    return Placement(max(1, len(devices)), available_bytes(), HOST)
 
 
 def _short(device: str) -> str:
