@@ -176,4 +176,3 @@ def test_logical_cpu_replicas_divide_the_cores_between_them(devices, cores, thre
     from lmcli.train.distribution import shared_core_threads
 
     assert shared_core_threads(devices, cores) == threads
-

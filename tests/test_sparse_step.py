@@ -127,11 +127,8 @@ def test_the_first_distributed_step_costs_the_same_memory_at_two_vocabulary_size
 def _weight_shaped_work_in_loops(devices: str, shapes: set) -> tuple[int, list[str]]:
     """(the number of while-loop bodies in lmcli's sampled step, the ops in them computing a tensor of one of
     `shapes`; a captured weight is only an argument there, a Placeholder)."""
-    from tensorflow.python.framework import function_def_to_graph
-
     step, feeds = _step(V, *CASES["sampled"], devices=devices)
-    library = step.get_concrete_function(feeds(0)).graph.as_graph_def().library.function
-    bodies = [function_def_to_graph.function_def_to_graph(f) for f in library if "while_body" in f.signature.name]
+    bodies = [g for g in _graphs(step.get_concrete_function(feeds(0)).graph) if "while_body" in g.name]
     return len(bodies), [f"{op.type} {out.shape}" for g in bodies for op in g.get_operations()
                          if op.type not in ("Placeholder", "Identity") for out in op.outputs
                          if out.shape.rank == 2 and tuple(out.shape.as_list()) in shapes]

@@ -46,26 +46,26 @@ class MemoryPlan:
     @property
     def training(self) -> int:
         """Bytes of the training steps alone (no validation): what a peak measured over steps is compared with."""
-        return self.runtime + self._with_table(self.copies * (self.parameters + self.optimizer_slots
-                                                              + self.training_step))
+        tensors = self.copies * (self.parameters + self.optimizer_slots + self.training_step)
+        return self.runtime + tensors + self._table(tensors)
 
     @property
     def total(self) -> int:
         """Bytes this memory needs: each copy's parameters, slots and step (validation runs on one)."""
-        return self.runtime + self._with_table(self._tensors())
+        return self.runtime + self._tensors() + self.allocator
 
     @property
     def allocator(self) -> int:
         """Bytes of the host allocator's chunk-handle table for `total`'s tensors (0 on a GPU, whose table is kept
         in the host's memory, not the GPU's)."""
-        return self._with_table(self._tensors()) - self._tensors()
+        return self._table(self._tensors())
 
     def _tensors(self) -> int:
         return self.copies * (self.parameters + self.optimizer_slots) + max(self.copies * self.training_step,
                                                                            self.validation)
 
-    def _with_table(self, tensors: int) -> int:
-        return tensors + (tensors // HOST_TABLE if self.where == HOST else 0)
+    def _table(self, tensors: int) -> int:
+        return tensors // HOST_TABLE if self.where == HOST else 0
 
     def describe(self) -> str:
         times = f"{self.copies} x " if self.copies > 1 else ""
